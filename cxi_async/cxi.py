@@ -1,0 +1,482 @@
+"""CXI (HDF5) file writing: whole-array writes, one frame per chunk, atomic rename.
+
+A file is written as ``<name>.cxi.inprogress`` and renamed to ``<name>.cxi`` only after HDF5
+has closed it (and, with ``fsync``, after its bytes are on disk), so a reader or a crash never
+sees a half-written ``.cxi``. The layout is the one in ``cxi-format.md``; CrystFEL reads it with
+``--peaks=cxi`` and a slab geometry. No Ray here: the writer actor calls this from a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import h5py
+import numpy as np
+
+import cxi_async
+
+__all__ = [
+    "COMPRESSIONS",
+    "CXI_VERSION",
+    "CxiEvents",
+    "CxiWriteError",
+    "EventPeaksLike",
+    "EventRecord",
+    "SequenceCounter",
+    "cxi_file_name",
+    "inprogress_path",
+    "write_cxi_file",
+]
+
+CXI_VERSION = 140
+INPROGRESS_SUFFIX = ".inprogress"
+COMPRESSIONS = ("none", "bitshuffle-lz4", "zstd", "gzip")
+
+DATA_PATH = "/entry_1/data_1/data"
+RESULT_PATH = "/entry_1/result_1"
+PHOTON_ENERGY_PATH = "/LCLS/photon_energy_eV"
+TIMESTAMP_PATH = "/LCLS/detector_1/timestamp"
+
+# File attributes this module owns; caller attrs may not shadow them.
+_RESERVED_ATTRS = frozenset(
+    {
+        "cxi_async_version",
+        "creation_time",
+        "filtered_events",
+        "images_missing",
+        "compression",
+        "n_events",
+        "max_num_peak",
+    }
+)
+
+
+class CxiWriteError(OSError):
+    """Writing a CXI file failed; no ``.cxi`` was left behind and the caller keeps its events.
+
+    ``path`` is the ``.cxi`` that was not written; ``errno`` is the cause's (EIO if it had none).
+    """
+
+    path: Path
+
+    @classmethod
+    def from_cause(cls, path: Path, cause: BaseException) -> CxiWriteError:
+        err = cls(f"could not write {path}: {type(cause).__name__}: {cause}")
+        err.errno = getattr(cause, "errno", None) or errno.EIO  # str() stays the message
+        err.path = path
+        return err
+
+
+# --------------------------------------------------------------------------- events
+
+
+class EventPeaksLike(Protocol):
+    """One event's kept peaks (1-D arrays of equal length) and its per-event scalars."""
+
+    @property
+    def fs(self) -> np.ndarray: ...
+    @property
+    def ss(self) -> np.ndarray: ...
+    @property
+    def total_intensity(self) -> np.ndarray: ...
+    @property
+    def npix(self) -> np.ndarray: ...
+    @property
+    def max_value(self) -> np.ndarray: ...
+    @property
+    def panel(self) -> np.ndarray: ...
+    @property
+    def photon_energy_ev(self) -> float: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def batch_id(self) -> str: ...
+    @property
+    def event_index(self) -> int: ...
+
+
+class EventRecord(NamedTuple):
+    """Plain per-event input for :meth:`CxiEvents.pack` (satisfies :class:`EventPeaksLike`)."""
+
+    fs: np.ndarray
+    ss: np.ndarray
+    total_intensity: np.ndarray
+    npix: np.ndarray
+    max_value: np.ndarray
+    panel: np.ndarray
+    photon_energy_ev: float = float("nan")
+    timestamp: int = 0
+    batch_id: str = ""
+    event_index: int = 0
+
+
+# (field, dtype, CXI dataset name) for the (N, M) peak arrays, in file order.
+_PEAK_COLUMNS: tuple[tuple[str, type, str], ...] = (
+    ("peak_fs", np.float32, "peakXPosRaw"),
+    ("peak_ss", np.float32, "peakYPosRaw"),
+    ("peak_total_intensity", np.float32, "peakTotalIntensity"),
+    ("peak_npix", np.int32, "peakNPixels"),
+    ("peak_max_value", np.float32, "peakMaximumValue"),
+    ("peak_panel", np.int16, "peakSegPosRaw"),
+)
+# EventRecord attribute that feeds each peak column in pack().
+_PACK_SOURCES = ("fs", "ss", "total_intensity", "npix", "max_value", "panel")
+
+
+def _column(name: str, value: Any, dtype: type, ndim: int) -> np.ndarray:
+    """Coerce without copying when possible; refuse lossy kinds (float -> int)."""
+    arr = np.asarray(value)
+    try:
+        arr = arr.astype(dtype, copy=False, casting="same_kind")
+    except TypeError as exc:
+        raise ValueError(
+            f"CxiEvents.{name} has dtype {arr.dtype}, which cannot become {np.dtype(dtype)}"
+        ) from exc
+    if arr.ndim != ndim:
+        raise ValueError(f"CxiEvents.{name} must be {ndim}-D, got shape {arr.shape}")
+    return arr
+
+
+@dataclass
+class CxiEvents:
+    """N events bound for one file, as column arrays (peak arrays padded with 0 to M columns).
+
+    Construction checks shapes and coerces dtypes (same kind only), so a writer never finds out
+    halfway through a file that a column is malformed. Nothing here is mutated by writing.
+    """
+
+    n_peaks: np.ndarray  # (N,) int32
+    peak_fs: np.ndarray  # (N, M) float32 -> peakXPosRaw
+    peak_ss: np.ndarray  # (N, M) float32 -> peakYPosRaw
+    peak_total_intensity: np.ndarray  # (N, M) float32 -> peakTotalIntensity
+    peak_npix: np.ndarray  # (N, M) int32 -> peakNPixels
+    peak_max_value: np.ndarray  # (N, M) float32 -> peakMaximumValue
+    peak_panel: np.ndarray  # (N, M) int16 -> peakSegPosRaw
+    photon_energy_ev: np.ndarray  # (N,) float64, NaN where unknown
+    timestamp: np.ndarray  # (N,) uint64, 0 where unknown
+    batch_id: list[str]  # (N,)
+    event_index: np.ndarray  # (N,) int32
+
+    def __post_init__(self) -> None:
+        self.n_peaks = _column("n_peaks", self.n_peaks, np.int32, 1)
+        n = self.n_peaks.shape[0]
+        if n < 1:
+            raise ValueError("CxiEvents needs at least one event; a CXI file is never empty")
+        for field, dtype, _ in _PEAK_COLUMNS:
+            setattr(self, field, _column(field, getattr(self, field), dtype, 2))
+        m = self.peak_fs.shape[1]
+        for field, _, _ in _PEAK_COLUMNS:
+            shape = getattr(self, field).shape
+            if shape != (n, m):
+                raise ValueError(f"CxiEvents.{field} has shape {shape}, expected {(n, m)}")
+        self.photon_energy_ev = _column("photon_energy_ev", self.photon_energy_ev, np.float64, 1)
+        self.timestamp = _timestamps(self.timestamp)
+        self.event_index = _column("event_index", self.event_index, np.int32, 1)
+        self.batch_id = [str(b) for b in self.batch_id]
+        for field in ("photon_energy_ev", "timestamp", "event_index", "batch_id"):
+            if len(getattr(self, field)) != n:
+                raise ValueError(
+                    f"CxiEvents.{field} has {len(getattr(self, field))} entries, expected {n}"
+                )
+        if n and (self.n_peaks.min() < 0 or self.n_peaks.max() > m):
+            raise ValueError(f"CxiEvents.n_peaks must lie in [0, max_num_peak={m}]")
+
+    @property
+    def n_events(self) -> int:
+        return int(self.n_peaks.shape[0])
+
+    @property
+    def max_num_peak(self) -> int:
+        return int(self.peak_fs.shape[1])
+
+    @classmethod
+    def pack(cls, per_event: Sequence[EventPeaksLike], max_num_peak: int) -> CxiEvents:
+        """Pad per-event 1-D peak arrays into (N, max_num_peak) columns in one vectorised pass.
+
+        An event with more than ``max_num_peak`` peaks is an error: truncating (and counting
+        it) is the caller's policy, not the file format's.
+        """
+        n = len(per_event)
+        if n < 1:
+            raise ValueError("CxiEvents.pack needs at least one event; a CXI file is never empty")
+        if max_num_peak < 1:
+            raise ValueError(f"max_num_peak must be >= 1, got {max_num_peak}")
+        counts = np.fromiter((len(e.fs) for e in per_event), dtype=np.int64, count=n)
+        for src in _PACK_SOURCES[1:]:
+            other = np.fromiter((len(getattr(e, src)) for e in per_event), np.int64, count=n)
+            bad = np.flatnonzero(other != counts)
+            if bad.size:
+                e = per_event[int(bad[0])]
+                raise ValueError(
+                    f"event {e.batch_id!r}[{e.event_index}] has {counts[bad[0]]} fs values "
+                    f"but {other[bad[0]]} {src} values; all peak arrays must have equal length"
+                )
+        over = np.flatnonzero(counts > max_num_peak)
+        if over.size:
+            e = per_event[int(over[0])]
+            raise ValueError(
+                f"event {e.batch_id!r}[{e.event_index}] has {counts[over[0]]} peaks, more than "
+                f"max_num_peak={max_num_peak}; truncate before packing"
+            )
+        # Row/column of every peak in the padded arrays: row = its event, col = rank within it.
+        rows = np.repeat(np.arange(n), counts)
+        starts = np.cumsum(counts) - counts
+        cols = np.arange(int(counts.sum())) - np.repeat(starts, counts)
+        columns: dict[str, np.ndarray] = {}
+        for (field, dtype, _), src in zip(_PEAK_COLUMNS, _PACK_SOURCES, strict=True):
+            out = np.zeros((n, max_num_peak), dtype=dtype)
+            out[rows, cols] = np.concatenate([np.asarray(getattr(e, src)) for e in per_event])
+            columns[field] = out
+        return cls(
+            n_peaks=counts.astype(np.int32),
+            photon_energy_ev=np.array([e.photon_energy_ev for e in per_event], np.float64),
+            timestamp=_timestamps([e.timestamp for e in per_event]),
+            batch_id=[str(e.batch_id) for e in per_event],
+            event_index=np.array([e.event_index for e in per_event], dtype=np.int32),
+            **columns,
+        )
+
+
+def _timestamps(value: Any) -> np.ndarray:
+    """uint64 without a float detour (psana timestamps exceed 2**53 and often 2**63)."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind == "f":
+            raise ValueError("CxiEvents.timestamp must be integers (uint64), not floats")
+        arr = value.astype(np.uint64, copy=False)
+    else:
+        arr = np.array([int(v) for v in value], dtype=np.uint64)
+    if arr.ndim != 1:
+        raise ValueError(f"CxiEvents.timestamp must be 1-D, got shape {arr.shape}")
+    return arr
+
+
+# --------------------------------------------------------------------------- naming
+
+
+def cxi_file_name(prefix: str, run_label: str, seq: int) -> str:
+    """``<prefix>_<run_label>_<seq:06d>.cxi``."""
+    for what, part in (("prefix", prefix), ("run_label", run_label)):
+        if not part or "/" in part or os.sep in part:
+            raise ValueError(f"CXI file {what} {part!r} must be non-empty and contain no '/'")
+    if seq < 0:
+        raise ValueError(f"CXI sequence number must be >= 0, got {seq}")
+    return f"{prefix}_{run_label}_{seq:06d}.cxi"
+
+
+def inprogress_path(final_path: Path) -> Path:
+    """Where ``final_path`` is written before the rename."""
+    final_path = Path(final_path)
+    return final_path.with_name(final_path.name + INPROGRESS_SUFFIX)
+
+
+class SequenceCounter:
+    """Next file sequence number for (directory, prefix).
+
+    Scans existing ``<prefix>_*_<seq:06d>.cxi`` and ``.cxi.inprogress`` files at construction
+    and starts after the largest, so numbers never repeat across restarts (a crashed run's
+    ``.inprogress`` leftovers count too). The directory must exist. ``next()`` is thread-safe.
+    One counter per (directory, prefix): two processes sharing both would collide, which
+    ``write_cxi_file`` then reports instead of overwriting.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], prefix: str) -> None:
+        self.directory = Path(directory)
+        self.prefix = prefix
+        self._lock = threading.Lock()
+        self._next = self._scan() + 1
+
+    def _scan(self) -> int:
+        pattern = re.compile(rf"{re.escape(self.prefix)}_.+_(\d{{6,}})\.cxi(?:\.inprogress)?")
+        if not self.directory.is_dir():
+            raise FileNotFoundError(
+                errno.ENOENT,
+                "CXI output directory does not exist; create it before counting sequence numbers",
+                str(self.directory),
+            )
+        highest = -1
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                match = pattern.fullmatch(entry.name)
+                if match:
+                    highest = max(highest, int(match.group(1)))
+        return highest
+
+    def peek(self) -> int:
+        """The number ``next()`` would return."""
+        with self._lock:
+            return self._next
+
+    def next(self) -> int:
+        with self._lock:
+            seq = self._next
+            self._next += 1
+            return seq
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _compression_kwargs(compression: str) -> dict[str, Any]:
+    if compression == "none":
+        return {}
+    if compression == "gzip":
+        return {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+    import hdf5plugin  # only when asked: it registers filters process-wide
+
+    if compression == "bitshuffle-lz4":
+        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
+    if compression == "zstd":
+        return dict(hdf5plugin.Zstd())
+    raise ValueError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
+
+
+def _check_attrs(attrs: Mapping[str, Any]) -> None:
+    clash = _RESERVED_ATTRS.intersection(attrs)
+    if clash:
+        raise ValueError(f"CXI file attrs {sorted(clash)} are set by write_cxi_file itself")
+    for key, value in attrs.items():
+        if value is None:
+            raise ValueError(f"CXI file attr {key!r} is None; HDF5 attributes need a value")
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    flags = os.O_RDONLY | (os.O_DIRECTORY if directory else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_cxi_file(
+    final_path: str | os.PathLike[str],
+    events: CxiEvents,
+    slab_shape: tuple[int, int],
+    fill_frame: Callable[[int, np.ndarray], None] | None,
+    *,
+    compression: str = "none",
+    fsync: bool = True,
+    attrs: Mapping[str, Any] | None = None,
+    filtered_events: int = 0,
+) -> Path:
+    """Write ``events`` to ``final_path`` via ``<final_path>.inprogress`` and a rename.
+
+    ``fill_frame(i, out)`` writes event ``i``'s slab image into ``out``, a float32 (SS, FS)
+    buffer that is reused for every frame (one copy per panel, straight into what HDF5 writes).
+    ``out`` starts as zeros and then holds the previous frame: pixels the callback never touches
+    (gaps of a fixed layout) stay 0, and a callback without an image for event ``i`` must zero
+    ``out`` itself. ``fill_frame=None`` writes no image chunks at all: the data dataset exists
+    with the right shape and reads as zeros, and the file attribute ``images_missing`` is True.
+
+    Bad arguments raise ``ValueError`` before anything touches the disk. Any failure while
+    writing (disk full, permissions, directory gone, ``fill_frame`` raising) removes the
+    ``.inprogress`` file, leaves no ``.cxi`` and raises :class:`CxiWriteError` chained to the
+    cause; ``events`` is never modified, so the caller can retry with them.
+    """
+    final_path = Path(final_path)
+    tmp_path = inprogress_path(final_path)
+    ss, fs = (int(v) for v in slab_shape)
+    if ss < 1 or fs < 1:
+        raise ValueError(f"slab_shape must be two positive ints, got {tuple(slab_shape)}")
+    if filtered_events < 0:
+        raise ValueError(f"filtered_events must be >= 0, got {filtered_events}")
+    attrs = dict(attrs or {})
+    _check_attrs(attrs)
+    filters = _compression_kwargs(compression)
+
+    created = False
+    renamed = False
+    try:
+        if final_path.exists():
+            raise FileExistsError(errno.EEXIST, "refusing to overwrite an existing CXI file")
+        with h5py.File(tmp_path, "w-") as f:
+            created = True
+            _write_contents(f, events, (ss, fs), fill_frame, filters)
+            f.attrs["cxi_async_version"] = cxi_async.__version__
+            f.attrs["creation_time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            f.attrs["filtered_events"] = np.int64(filtered_events)
+            f.attrs["images_missing"] = fill_frame is None
+            f.attrs["compression"] = compression
+            f.attrs["n_events"] = np.int64(events.n_events)
+            f.attrs["max_num_peak"] = np.int64(events.max_num_peak)
+            for key, value in attrs.items():
+                f.attrs[key] = value
+        if fsync:
+            _fsync_path(tmp_path)
+        if final_path.exists():  # a concurrent writer with the same prefix: never overwrite
+            raise FileExistsError(errno.EEXIST, "refusing to overwrite an existing CXI file")
+        os.rename(tmp_path, final_path)
+        renamed = True
+        if fsync:
+            _fsync_path(final_path.parent, directory=True)
+    except BaseException as exc:
+        # The rename may have happened; a .cxi whose durability failed is withdrawn too,
+        # because the caller will write these events again.
+        if renamed:
+            with contextlib.suppress(OSError):
+                final_path.unlink()
+        if created:
+            with contextlib.suppress(OSError):
+                tmp_path.unlink()
+        if not isinstance(exc, Exception):
+            raise
+        raise CxiWriteError.from_cause(final_path, exc) from exc
+    return final_path
+
+
+def _write_contents(
+    f: h5py.File,
+    events: CxiEvents,
+    slab_shape: tuple[int, int],
+    fill_frame: Callable[[int, np.ndarray], None] | None,
+    filters: dict[str, Any],
+) -> None:
+    n = events.n_events
+    f.create_dataset("cxi_version", data=np.int32(CXI_VERSION))
+
+    # Small arrays first: a fill_frame failure then costs nothing extra, and CrystFEL's reader
+    # finds the peak lists near the start of the file.
+    result = f.require_group(RESULT_PATH)
+    result.create_dataset("nPeaks", data=events.n_peaks)
+    for field, _, name in _PEAK_COLUMNS:
+        result.create_dataset(name, data=getattr(events, field))
+    result.create_dataset(
+        "batchId",
+        data=np.array(events.batch_id, dtype=object),
+        dtype=h5py.string_dtype("utf-8"),
+    )
+    result.create_dataset("eventIndex", data=events.event_index)
+    f.create_dataset(PHOTON_ENERGY_PATH, data=events.photon_energy_ev)
+    f.create_dataset(TIMESTAMP_PATH, data=events.timestamp)
+
+    dset = f.create_dataset(
+        DATA_PATH,
+        shape=(n, *slab_shape),
+        dtype=np.float32,
+        chunks=(1, *slab_shape),
+        fillvalue=np.float32(0),
+        **filters,
+    )
+    if fill_frame is None:
+        return  # unwritten chunks read as the fill value 0 and take no space
+    frame = np.zeros(slab_shape, dtype=np.float32)
+    if filters:
+        for i in range(n):
+            fill_frame(i, frame)
+            dset.write_direct(frame, dest_sel=np.s_[i])
+    else:
+        # A frame is exactly one chunk: hand its bytes to HDF5 without the dataspace
+        # selection and type-conversion machinery (see bench/bench_cxi.py).
+        write_chunk = dset.id.write_direct_chunk
+        for i in range(n):
+            fill_frame(i, frame)
+            write_chunk((i, 0, 0), frame)
