@@ -1,0 +1,544 @@
+"""Configuration: a TOML file plus ``--set section.key=value`` overrides -> typed msgspec Structs.
+
+Every field has a default, so an empty file (or no file) is a valid configuration. Loading
+validates types and ranges (msgspec ``Meta`` constraints), then the settings that only make
+sense together, then (optionally) the paths, and reports the first problem as one
+:class:`ConfigError` sentence that names the dotted key, the bad value and what is allowed.
+
+Relative paths (``output.output_dir``, ``geometry.geom_file``, ``system.log_file``) are relative
+to the working directory of the process, not to the configuration file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+from msgspec import inspect as mi
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "GeometryConfig",
+    "OutputConfig",
+    "PeakFindingConfig",
+    "ProcessingConfig",
+    "QueueConfig",
+    "RayConfig",
+    "ReplayConfig",
+    "StopConfig",
+    "SystemConfig",
+    "config_to_dict",
+    "dump_toml",
+    "load_config",
+]
+
+# Constrained scalar types: msgspec enforces them while decoding, and _describe() turns them
+# back into words for error messages.
+Count = Annotated[int, Meta(ge=1)]
+NonNegInt = Annotated[int, Meta(ge=0)]
+Seconds = Annotated[float, Meta(gt=0)]
+NonNegSeconds = Annotated[float, Meta(ge=0)]
+Cpus = Annotated[float, Meta(ge=0)]
+Positive = Annotated[float, Meta(gt=0)]
+Fraction = Annotated[float, Meta(ge=0, le=1)]
+NonEmpty = Annotated[str, Meta(min_length=1)]
+_SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+SafeName = Annotated[str, Meta(pattern=_SAFE_NAME)]  # becomes part of file names
+Shape2 = tuple[Count, Count]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, as one sentence naming the dotted key, the value and the rule."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    pass
+
+
+class RayConfig(_Section):
+    """Where the Ray cluster is."""
+
+    address: str | None = None  # None: start a local Ray; "auto", "host:6379", "ray://host:10001"
+    namespace: NonEmpty = "peaknet-pipeline"  # Ray namespace of the Q2 shards (producer's)
+    num_cpus: Count | None = None  # CPUs of a local Ray (None: all); ignored when connecting
+    object_store_memory_gb: Positive | None = None  # object store of a local Ray (None: Ray's)
+
+
+class QueueConfig(_Section):
+    """Which Q2 to drain and how to poll it."""
+
+    name: NonEmpty = "peaknet_q2"  # shard actors are named "<name>_shard_<i>"
+    num_shards: Count | Literal["auto"] = 1  # must equal the producer's; "auto": discover
+    maxsize_per_shard: Count = 100  # capacity of a shard that cxi_async creates itself
+    poll_interval_s: Seconds = 0.05  # longest sleep between polls of an empty Q2
+    wait_for_producer_s: NonNegSeconds = 0.0  # num_shards="auto": wait this long for shards
+
+
+class ProcessingConfig(_Section):
+    """Finder pool and backpressure."""
+
+    num_finders: Count = 2  # long-lived peak-finder actors
+    credits: Count = 8  # most batches taken from Q2 and not yet acknowledged by a writer
+    finder_inbox: Count = 2  # bounded asyncio inbox of each finder (batches)
+    writer_inbox: Count = 8  # bounded asyncio inbox of each writer (batches)
+    finder_num_cpus: Cpus = 1.0  # Ray CPUs reserved per finder
+    writer_num_cpus: Cpus = 1.0  # Ray CPUs reserved per writer
+    on_missing_image: Literal["reject", "write_without_image"] = "reject"  # image ref lost/None
+
+
+class PeakFindingConfig(_Section):
+    """Logits -> peaks."""
+
+    min_num_peak: NonNegInt = 10  # events with fewer peaks are not written (not hits)
+    max_num_peak: Count = 2048  # peaks kept per event (more are truncated and counted)
+    connectivity: Literal[4, 8] = 8  # pixel connectivity of a peak within a panel
+    weighted_centre: bool = False  # intensity-weighted centre (needs the image) instead of mean
+
+
+class GeometryConfig(_Section):
+    """Detector geometry."""
+
+    geom_file: str | None = None  # CrystFEL .geom; None: panels stacked along the slow scan
+
+
+class OutputConfig(_Section):
+    """CXI files."""
+
+    output_dir: NonEmpty = "cxi_out"  # files go to <output_dir>/<run>/
+    file_prefix: SafeName = "peaknet"  # first part of every file name
+    run: SafeName | None = None  # sub-directory and file-name label; None: the start time
+    events_per_file: Count = 32  # a file is closed when it holds this many events ...
+    max_file_age_s: Seconds = 10.0  # ... or when its first event is this old
+    compression: Literal["none", "bitshuffle-lz4", "zstd", "gzip"] = "none"  # of /data
+    create_output_dir: bool = True  # create output_dir when missing (else it is an error)
+    num_writers: Count = 1  # writer actors, each writing its own files
+    fsync: bool = True  # fsync each file before the rename that makes it visible
+    photon_energy_ev: Positive | None = None  # used when items carry no energy or wavelength
+
+
+class SystemConfig(_Section):
+    """Logging and progress."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # driver and actors
+    log_file: str | None = None  # also log to this file (its directory must exist)
+    progress_interval_s: Seconds = 5.0  # seconds between progress lines
+
+
+class StopConfig(_Section):
+    """When to stop (Q2 has no end-of-stream marker)."""
+
+    idle_timeout_s: Seconds | None = None  # Q2 empty and nothing in flight this long; None: never
+    max_batches: Count | None = None  # stop after this many batches; None: no limit
+
+
+class ReplayConfig(_Section):
+    """Built-in synthetic Q2 producer (demo, tests, bench)."""
+
+    enabled: bool = False  # true: feed Q2 with synthetic batches of the shape below
+    num_batches: Count = 40  # batches to put
+    batch_size: Count = 8  # events per batch (B)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # logits dtype (model precision)
+    seed: NonNegInt = 0  # random seed of the synthetic peaks
+    transport: Literal["inline", "ref"] = "inline"  # logits inline torch tensor or predictions_ref
+    zero_copy: bool = True  # set RAY_ENABLE_ZERO_COPY_TORCH_TENSORS in producer and shards
+    num_panels: Count = 16  # panels per event (C)
+    panel_shape: Shape2 = (352, 384)  # real pixels per panel (H_orig, W_orig)
+    padded_shape: Shape2 = (512, 512)  # model input size (H, W), padding bottom-right
+    peaks_per_event: NonNegInt = 100  # peaks drawn in a hit event
+    hit_fraction: Fraction = 0.8  # fraction of events with enough peaks to be kept
+    producer_rate_hz: Positive | None = None  # events/s put; None: as fast as Q2 takes them
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """The whole configuration; ``Config()`` is the all-defaults one."""
+
+    ray: RayConfig = msgspec.field(default_factory=RayConfig)
+    queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
+    processing: ProcessingConfig = msgspec.field(default_factory=ProcessingConfig)
+    peak_finding: PeakFindingConfig = msgspec.field(default_factory=PeakFindingConfig)
+    geometry: GeometryConfig = msgspec.field(default_factory=GeometryConfig)
+    output: OutputConfig = msgspec.field(default_factory=OutputConfig)
+    system: SystemConfig = msgspec.field(default_factory=SystemConfig)
+    stop: StopConfig = msgspec.field(default_factory=StopConfig)
+    replay: ReplayConfig = msgspec.field(default_factory=ReplayConfig)
+
+
+# --------------------------------------------------------------------------- schema helpers
+
+
+def _schema() -> dict[str, dict[str, mi.Type]]:
+    """{section: {key: msgspec type info}}, in declaration order."""
+    info = mi.type_info(Config)
+    assert isinstance(info, mi.StructType)
+    out: dict[str, dict[str, mi.Type]] = {}
+    for sec in info.fields:
+        assert isinstance(sec.type, mi.StructType)
+        out[sec.name] = {f.name: f.type for f in sec.type.fields}
+    return out
+
+
+_SCHEMA = _schema()
+_ALL_KEYS = [f"{s}.{k}" for s, keys in _SCHEMA.items() for k in keys]
+
+
+def _bounds(t: mi.IntType | mi.FloatType) -> str:
+    parts = [
+        f"{op} {_fmt(v)}"
+        for op, v in ((">=", t.ge), (">", t.gt), ("<=", t.le), ("<", t.lt))
+        if v is not None
+    ]
+    return (" " + " and ".join(parts)) if parts else ""
+
+
+def _describe(t: mi.Type) -> str:
+    """Words for what a type accepts, e.g. 'an integer >= 1 or "auto"'."""
+    if isinstance(t, mi.IntType):
+        return "an integer" + _bounds(t)
+    if isinstance(t, mi.FloatType):
+        return "a number" + _bounds(t)
+    if isinstance(t, mi.BoolType):
+        return "true or false"
+    if isinstance(t, mi.StrType):
+        if t.pattern == _SAFE_NAME:
+            return "a name of letters, digits, '.', '_' or '-' (starting with a letter or digit)"
+        return "a non-empty string" if t.min_length else "a string"
+    if isinstance(t, mi.NoneType):
+        return "none"
+    if isinstance(t, mi.LiteralType):
+        if len(t.values) == 1:
+            return _fmt(t.values[0])
+        return "one of " + ", ".join(_fmt(v) for v in t.values)
+    if isinstance(t, mi.TupleType):
+        return f"a list of {len(t.item_types)} values, each {_describe(t.item_types[0])}"
+    if isinstance(t, mi.UnionType):
+        # None last: "a number > 0, or none (unset)".
+        words = [_describe(x) for x in t.types if not isinstance(x, mi.NoneType)]
+        text = " or ".join(words)
+        return text + ", or none (unset)" if _accepts_none(t) else text
+    return type(t).__name__  # pragma: no cover - no other types in the schema
+
+
+def _accepts_none(t: mi.Type) -> bool:
+    return isinstance(t, mi.NoneType) or (
+        isinstance(t, mi.UnionType) and any(isinstance(x, mi.NoneType) for x in t.types)
+    )
+
+
+def _suggest(key: str) -> str:
+    """' (did you mean "x.y"?)' for the closest valid dotted key, or ''."""
+    leaf = key.rsplit(".", 1)[-1]
+    same_leaf = [k for k in _ALL_KEYS if k.rsplit(".", 1)[-1] == leaf]
+    close = same_leaf or difflib.get_close_matches(key, _ALL_KEYS, n=1, cutoff=0.6)
+    if not close:
+        close = difflib.get_close_matches(key, list(_SCHEMA), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+# --------------------------------------------------------------------------- TOML writing
+
+
+def _toml_str(s: str) -> str:
+    out = ['"']
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _fmt(v: Any) -> str:
+    """A value as TOML writes it (also used in error messages); None is 'none'."""
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return _toml_str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_fmt(x)}" for k, x in v.items()) + "}"
+    return repr(v)
+
+
+def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """The configuration as plain dicts/lists/scalars (None kept), e.g. for JSON reports."""
+    return msgspec.to_builtins(cfg)
+
+
+def dump_toml(cfg: Config) -> str:
+    """The configuration as TOML that :func:`load_config` reads back to an equal Config.
+
+    TOML has no null: unset (None) keys are written as comments, which load as their default
+    (None for every optional key).
+    """
+    lines: list[str] = []
+    for section, values in config_to_dict(cfg).items():
+        if lines:
+            lines.append("")
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if value is None:
+                lines.append(f"# {key} = (not set)")
+            else:
+                lines.append(f"{key} = {_fmt(value)}")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"Configuration file {path} does not exist.") from None
+    except IsADirectoryError:
+        raise ConfigError(f"Configuration file {path} is a directory, not a file.") from None
+    except OSError as exc:
+        raise ConfigError(f"Configuration file {path} cannot be read: {exc.strerror}.") from None
+    try:
+        return msgspec.toml.decode(data)
+    except msgspec.DecodeError as exc:
+        # tomllib's message ends with "(at line L, column C)".
+        raise ConfigError(f"{path} is not valid TOML: {exc}.") from None
+
+
+def _parse_value(text: str, ftype: mi.Type) -> Any:
+    """An override value: TOML if it parses, else a bare word (none/null -> None if allowed)."""
+    text = text.strip()
+    try:
+        parsed = msgspec.toml.decode(f"v = {text}\n")
+    except msgspec.DecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and list(parsed) == ["v"]:
+        return parsed["v"]
+    if text.lower() in ("none", "null") and _accepts_none(ftype):
+        return None
+    return text
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> str:
+    """Apply one "section.key=value" to the raw dict; returns the dotted key."""
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep:
+        raise ConfigError(
+            f"--set {override!r} has no '=': write it as section.key=value "
+            f"(e.g. processing.credits=16).",
+            key=key,
+        )
+    section, dot, name = key.partition(".")
+    if not dot or "." in name:
+        raise ConfigError(
+            f"--set key {key!r} is not of the form section.key{_suggest(key)}.", key=key
+        )
+    if section not in _SCHEMA:
+        raise ConfigError(f"--set {key}: there is no section [{section}]{_suggest(key)}.", key=key)
+    if name not in _SCHEMA[section]:
+        raise ConfigError(
+            f"--set {key}: section [{section}] has no key {name!r}{_suggest(key)}.", key=key
+        )
+    table = raw.setdefault(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{section} must be a table ([{section}]), not {_fmt(table)}.", section)
+    table[name] = _parse_value(text, _SCHEMA[section][name])
+    return key
+
+
+def _check_known_keys(raw: dict[str, Any], source: str) -> None:
+    for section, table in raw.items():
+        if section not in _SCHEMA:
+            raise ConfigError(
+                f"{source}: unknown section [{section}]{_suggest(section)}; the sections are "
+                f"{', '.join(_SCHEMA)}.",
+                key=section,
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"{source}: {section} = {_fmt(table)} must be a table ([{section}]).", key=section
+            )
+        for name in table:
+            if name not in _SCHEMA[section]:
+                key = f"{section}.{name}"
+                raise ConfigError(
+                    f"{source}: unknown key {key}{_suggest(key)}.",
+                    key=key,
+                )
+
+
+def _lookup(raw: dict[str, Any], section: str, name: str) -> Any:
+    return raw.get(section, {}).get(name)
+
+
+def _decode(raw: dict[str, Any], sources: dict[str, str]) -> Config:
+    try:
+        return msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        msg = str(exc)
+        _, _, path = msg.rpartition(" - at `$.")
+        parts = path.rstrip("`").split("[", 1)[0].split(".")
+        if len(parts) != 2 or parts[0] not in _SCHEMA or parts[1] not in _SCHEMA[parts[0]]:
+            raise ConfigError(f"Invalid configuration: {msg}.") from None  # pragma: no cover
+        section, name = parts
+        key = f"{section}.{name}"
+        value = _lookup(raw, section, name)
+        expected = _describe(_SCHEMA[section][name])
+        raise ConfigError(
+            f"{key} = {_fmt(value)} is invalid: expected {expected} "
+            f"({sources.get(key, 'in the configuration')}).",
+            key=key,
+        ) from None
+
+
+def _check_consistency(cfg: Config) -> None:
+    p, o, r, pf = cfg.processing, cfg.output, cfg.replay, cfg.peak_finding
+    if p.credits < o.num_writers:
+        raise ConfigError(
+            f"processing.credits = {p.credits} is less than output.num_writers = "
+            f"{o.num_writers}, so some writer could never hold a batch: raise credits or lower "
+            f"num_writers.",
+            key="processing.credits",
+        )
+    if r.enabled and p.credits * r.batch_size < o.events_per_file:
+        raise ConfigError(
+            f"processing.credits = {p.credits} with replay.batch_size = {r.batch_size} holds at "
+            f"most {p.credits * r.batch_size} events in flight, fewer than output.events_per_file"
+            f" = {o.events_per_file}: raise credits or lower events_per_file.",
+            key="processing.credits",
+        )
+    if pf.min_num_peak > pf.max_num_peak:
+        raise ConfigError(
+            f"peak_finding.min_num_peak = {pf.min_num_peak} is greater than "
+            f"peak_finding.max_num_peak = {pf.max_num_peak}: no event could be kept.",
+            key="peak_finding.min_num_peak",
+        )
+    for axis, (real, padded) in enumerate(zip(r.panel_shape, r.padded_shape, strict=True)):
+        if padded < real:
+            raise ConfigError(
+                f"replay.padded_shape = {_fmt(r.padded_shape)} is smaller than replay.panel_shape"
+                f" = {_fmt(r.panel_shape)} along axis {axis}: padding only adds pixels.",
+                key="replay.padded_shape",
+            )
+
+
+def _probe_writable(directory: Path) -> str | None:
+    """None if a file can be created in ``directory``, else why not (works as root too)."""
+    if not directory.is_dir():
+        return "is not a directory"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return "is not writable"
+    try:
+        with tempfile.TemporaryFile(dir=directory, prefix=".cxi_async_probe_"):
+            pass
+    except OSError as exc:
+        return f"is not writable ({exc.strerror})"
+    return None
+
+
+def _check_paths(cfg: Config) -> None:
+    out = Path(cfg.output.output_dir)
+    key = "output.output_dir"
+    if out.exists():
+        why = _probe_writable(out)
+        if why:
+            raise ConfigError(f"{key} = {_fmt(str(out))} {why}.", key=key)
+    elif not cfg.output.create_output_dir:
+        raise ConfigError(
+            f"{key} = {_fmt(str(out))} does not exist and output.create_output_dir = false: "
+            f"create it or set create_output_dir = true.",
+            key=key,
+        )
+    else:
+        parent = out.absolute().parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        why = _probe_writable(parent)
+        if why:
+            raise ConfigError(
+                f"{key} = {_fmt(str(out))} cannot be created: its nearest existing parent "
+                f"{parent} {why}.",
+                key=key,
+            )
+
+    geom = cfg.geometry.geom_file
+    if geom is not None:
+        key = "geometry.geom_file"
+        try:
+            with open(geom, "rb") as fh:
+                fh.read(1)
+        except FileNotFoundError:
+            raise ConfigError(f"{key} = {_fmt(geom)} does not exist.", key=key) from None
+        except IsADirectoryError:
+            msg = f"{key} = {_fmt(geom)} is a directory, not a file."
+            raise ConfigError(msg, key=key) from None
+        except OSError as exc:
+            raise ConfigError(
+                f"{key} = {_fmt(geom)} cannot be read ({exc.strerror}).", key=key
+            ) from None
+
+    log = cfg.system.log_file
+    if log is not None:
+        key = "system.log_file"
+        if Path(log).is_dir():
+            raise ConfigError(f"{key} = {_fmt(log)} is a directory, not a file.", key=key)
+        parent = Path(log).absolute().parent
+        if not parent.is_dir():
+            raise ConfigError(
+                f"{key} = {_fmt(log)} is in {parent}, which is not an existing directory.", key=key
+            )
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    check_paths: bool = True,
+) -> Config:
+    """Read ``path`` (None: all defaults), apply ``--set`` overrides, validate, return Config.
+
+    ``overrides`` are ``"section.key=value"`` strings; the value is read as TOML (``4``, ``2.5``,
+    ``true``, ``"x"``, ``[1, 2]``), a bare word as a string, and ``none``/``null`` as None for
+    keys that may be unset. They are applied before decoding, so they are checked like the file.
+    ``check_paths=False`` skips the filesystem checks (e.g. checking a config for another host).
+    """
+    source = str(path) if path is not None else "defaults"
+    raw: dict[str, Any] = _read_toml(Path(path)) if path is not None else {}
+    _check_known_keys(raw, source)
+    sources = {f"{s}.{k}": f"in {source}" for s, t in raw.items() if isinstance(t, dict) for k in t}
+    for override in overrides:
+        key = _apply_override(raw, override)
+        sources[key] = f"from --set {override.strip()}"
+    cfg = _decode(raw, sources)
+    _check_consistency(cfg)
+    if check_paths:
+        _check_paths(cfg)
+    return cfg
