@@ -290,7 +290,7 @@ def _fmt(v: Any) -> str:
 
 
 def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
-    """The configuration as plain dicts/lists/scalars (None kept), e.g. for JSON reports."""
+    """The configuration as dicts of plain values (tuples, None kept), e.g. for JSON reports."""
     return msgspec.to_builtins(cfg)
 
 
