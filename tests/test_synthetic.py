@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
+from cxi_async.config import Config
 from cxi_async.synthetic import (
     HC_EV_ANGSTROM,
     EventTruth,
@@ -344,6 +345,12 @@ def test_from_replay_reads_attributes_or_keys_by_name() -> None:
         dtype="float16", seed=5, min_num_peak=3
     )
     assert hash(spec) == hash(SyntheticSpec.from_replay(cfg, min_num_peak=7))
+
+
+def test_from_replay_accepts_the_config_replay_section() -> None:
+    cfg = Config()
+    spec = SyntheticSpec.from_replay(cfg.replay, cfg.peak_finding.min_num_peak)
+    assert spec == SyntheticSpec(min_num_peak=cfg.peak_finding.min_num_peak)
 
 
 @pytest.mark.parametrize(
