@@ -1,0 +1,437 @@
+"""The Q2 protocol of peaknet-pipeline-ray, spoken without importing it (or Ray).
+
+Q2 is ``num_shards`` detached FIFO actors named ``<queue_name>_shard_<i>`` holding
+``PipelineOutput`` items (see /work/shared/design/q2-protocol.md). This module knows
+
+- the shard names and the shard's method contract (:class:`FifoShard`, which the actor layer
+  wraps with ``ray.remote`` when cxi_async has to create a missing shard), and
+- how to turn one item into a :class:`DecodedBatch` of numpy views, or say in one sentence
+  why it cannot (:class:`MalformedItem`).
+
+Decoding never copies the logits: an inline torch tensor becomes a read-only numpy view of
+its memory (bfloat16 as the raw ``int16`` bits, since numpy has no bfloat16), an array from
+the object store stays the read-only view Ray returns. torch is imported only if the item
+holds a tensor (and then it is already imported, by unpickling).
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = [
+    "HC_EV_ANGSTROM",
+    "DecodedBatch",
+    "FifoShard",
+    "LogitsKind",
+    "MalformedItem",
+    "check_finite",
+    "check_image",
+    "decode_item",
+    "shard_names",
+]
+
+HC_EV_ANGSTROM = 12398.4193
+"""E[eV] = HC_EV_ANGSTROM / lambda[Angstrom]."""
+
+LogitsKind = Literal["float32", "float16", "bfloat16"]
+
+
+def shard_names(queue_name: str, num_shards: int) -> list[str]:
+    """Actor names of the shards of Q2, as the producer's ShardedQueueManager names them."""
+    if num_shards < 1:
+        raise ValueError(f"num_shards = {num_shards} is invalid: a queue has at least 1 shard.")
+    return [f"{queue_name}_shard_{i}" for i in range(num_shards)]
+
+
+class FifoShard:
+    """One Q2 shard: a bounded FIFO with the producer's non-blocking method contract.
+
+    ``put`` returns False when full and ``get`` returns None when empty; neither blocks, so a
+    shard actor never holds a caller. The actor layer creates missing shards as
+    ``ray.remote(FifoShard)`` with the same name, so producer and consumer may start in
+    either order.
+    """
+
+    def __init__(self, maxsize: int = 100) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize = {maxsize} is invalid: a shard holds at least 1 item.")
+        self.maxsize = maxsize
+        self._items: collections.deque[Any] = collections.deque()
+
+    def put(self, item: Any) -> bool:
+        if len(self._items) >= self.maxsize:
+            return False
+        self._items.append(item)
+        return True
+
+    def get(self) -> Any | None:
+        return self._items.popleft() if self._items else None
+
+    def size(self) -> int:
+        return len(self._items)
+
+    def is_empty(self) -> bool:
+        return not self._items
+
+    def is_full(self) -> bool:
+        return len(self._items) >= self.maxsize
+
+
+class MalformedItem(ValueError):
+    """An item that cannot be decoded; ``str()`` is ``"batch <id>: <what is wrong>"``."""
+
+    def __init__(self, batch_id: str | None, reason: str) -> None:
+        self.batch_id = batch_id
+        self.reason = reason
+        super().__init__(f"batch {batch_id if batch_id is not None else 'unknown'}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keeps both fields through pickling (Ray)
+        return (type(self), (self.batch_id, self.reason))
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    """One Q2 item as numpy views, checked for consistency.
+
+    ``logits[b*C + c, :, :H_orig, :W_orig]`` are the real pixels of panel ``c`` of event
+    ``b`` (padding is bottom-right); class 1 is "peak".
+    """
+
+    batch_id: str
+    logits: np.ndarray  # (B*C, 2, H, W), read-only; float32/float16, or int16 bfloat16 bits
+    logits_kind: LogitsKind
+    original_shape: tuple[int, int, int, int]  # (B, C, H_orig, W_orig)
+    padded_shape: tuple[int, int]  # (H, W)
+    image_ref: Any | None  # the item's original_image_ref, untouched
+    photon_energy_ev: np.ndarray  # (B,) float64, NaN where unknown
+    timestamp: np.ndarray  # (B,) uint64 (seconds << 32 | nanoseconds), 0 where unknown
+    has_photon_energy: bool  # metadata had photon_energy or photon_wavelength
+    has_timestamp: bool  # metadata had timestamp
+
+    @property
+    def num_events(self) -> int:
+        return self.original_shape[0]
+
+    @property
+    def num_panels(self) -> int:
+        return self.original_shape[1]
+
+    @property
+    def panel_shape(self) -> tuple[int, int]:
+        """(H_orig, W_orig): the real pixels of a panel."""
+        return self.original_shape[2], self.original_shape[3]
+
+
+# --------------------------------------------------------------------------- decoding
+
+_MISSING = object()
+_PREDICTION_ATTRS = ("predictions", "predictions_ref")
+
+
+def _read_only(arr: np.ndarray) -> np.ndarray:
+    """A read-only view (never a copy): finders must not scribble on shared memory."""
+    if arr.flags.writeable:
+        arr = arr.view()
+        arr.flags.writeable = False
+    return arr
+
+
+def _torch_tensor_type() -> type | None:
+    # If torch is not imported, the item cannot hold a tensor: unpickling one imports torch.
+    torch = sys.modules.get("torch")
+    return torch.Tensor if torch is not None else None
+
+
+def _tensor_logits(t: Any, bid: str) -> tuple[np.ndarray, LogitsKind]:
+    import torch
+
+    if t.device.type != "cpu":
+        raise MalformedItem(bid, f"logits are on device {t.device}, expected a CPU tensor")
+    if t.layout != torch.strided:
+        raise MalformedItem(bid, f"logits tensor has layout {t.layout}, expected torch.strided")
+    if not t.is_contiguous():
+        raise MalformedItem(bid, f"logits tensor of shape {tuple(t.shape)} is not contiguous")
+    t = t.detach()  # no copy; .numpy() refuses tensors that require grad
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy(), "bfloat16"
+    if t.dtype == torch.float32:
+        return t.numpy(), "float32"
+    if t.dtype == torch.float16:
+        return t.numpy(), "float16"
+    raise MalformedItem(
+        bid, f"logits have dtype {t.dtype}, expected torch.float32, torch.float16 or torch.bfloat16"
+    )
+
+
+def _array_logits(a: np.ndarray, bid: str) -> tuple[np.ndarray, LogitsKind]:
+    if a.dtype == np.float32:
+        kind: LogitsKind = "float32"
+    elif a.dtype == np.float16:
+        kind = "float16"
+    elif a.dtype.name == "bfloat16" and a.dtype.itemsize == 2:  # ml_dtypes.bfloat16
+        a, kind = a.view(np.int16), "bfloat16"
+    else:
+        raise MalformedItem(bid, f"logits have dtype {a.dtype}, expected float32 or float16")
+    if not a.flags.c_contiguous:
+        raise MalformedItem(bid, f"logits array of shape {a.shape} is not C-contiguous")
+    return a, kind
+
+
+def _logits(value: Any, bid: str, where: str) -> tuple[np.ndarray, LogitsKind]:
+    tensor_type = _torch_tensor_type()
+    if tensor_type is not None and isinstance(value, tensor_type):
+        return _tensor_logits(value, bid)
+    if isinstance(value, np.ndarray):
+        return _array_logits(value, bid)
+    raise MalformedItem(
+        bid, f"{where} is a {type(value).__name__}, expected a torch.Tensor or a numpy array"
+    )
+
+
+def _shape_attr(meta: Any, name: str, bid: str, ndim: int) -> tuple[int, ...] | None:
+    value = meta.get(name) if isinstance(meta, Mapping) else getattr(meta, name, None)
+    if value is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in value)
+        ok = len(shape) == ndim and all(
+            v >= 1 and v == w for v, w in zip(shape, value, strict=True)
+        )
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise MalformedItem(
+            bid, f"preprocessing_metadata.{name} = {value!r} is not {ndim} positive integers"
+        )
+    return shape
+
+
+def _shapes(item: Any, logits: np.ndarray, bid: str) -> tuple[tuple[int, int, int, int], int, int]:
+    n, _, h, w = logits.shape
+    meta = getattr(item, "preprocessing_metadata", None)
+    if meta is None:
+        return (n, 1, h, w), h, w  # no preprocessing information: C = 1, no padding
+    original = _shape_attr(meta, "original_shape", bid, 4)
+    if original is None:
+        raise MalformedItem(bid, "preprocessing_metadata has no original_shape")
+    b, c, h_orig, w_orig = original
+    if b * c != n:
+        raise MalformedItem(
+            bid,
+            f"preprocessing_metadata.original_shape = {original} gives B*C = {b * c}, "
+            f"but the logits hold {n} panels (shape {logits.shape})",
+        )
+    pre = _shape_attr(meta, "preprocessed_shape", bid, 4)
+    if pre is not None and pre != (n, 1, h, w):
+        raise MalformedItem(
+            bid,
+            f"preprocessing_metadata.preprocessed_shape = {pre} disagrees with the logits "
+            f"shape {logits.shape} (expected {(n, 1, h, w)})",
+        )
+    if h_orig > h or w_orig > w:
+        raise MalformedItem(
+            bid,
+            f"original panel shape ({h_orig}, {w_orig}) is larger than the padded logits "
+            f"({h}, {w})",
+        )
+    return (b, c, h_orig, w_orig), h, w
+
+
+def _as_array(value: Any) -> np.ndarray:
+    tensor_type = _torch_tensor_type()
+    if tensor_type is not None and isinstance(value, tensor_type):
+        import torch
+
+        t = value.detach().cpu()
+        if t.dtype == torch.bfloat16:
+            t = t.double()
+        return t.numpy()
+    return np.asarray(value)
+
+
+def _per_event(value: Any, b: int, key: str, bid: str) -> np.ndarray:
+    """A scalar broadcast to (b,), or an array of length b."""
+    arr = _as_array(value)
+    if arr.ndim == 0:
+        return np.full(b, arr)
+    if arr.ndim != 1 or arr.shape[0] != b:
+        raise MalformedItem(
+            bid, f"metadata[{key!r}] has shape {arr.shape}, expected a scalar or ({b},)"
+        )
+    return arr
+
+
+def _positive_floats(value: Any, b: int, key: str, bid: str) -> np.ndarray:
+    arr = _per_event(value, b, key, bid)
+    if arr.dtype.kind not in "iuf":
+        raise MalformedItem(bid, f"metadata[{key!r}] has dtype {arr.dtype}, expected numbers")
+    out = arr.astype(np.float64)
+    out[~(out > 0) | ~np.isfinite(out)] = np.nan  # 0, negative, inf, NaN: unknown
+    return out
+
+
+def _timestamps(value: Any, b: int, bid: str) -> np.ndarray:
+    if isinstance(value, (list, tuple)):
+        # np.asarray would turn [2**63 + 1, 5] into float64 and lose the nanoseconds.
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
+            raise MalformedItem(bid, "metadata['timestamp'] holds non-integers")
+        try:
+            value = np.array(value, dtype=np.uint64)
+        except OverflowError:
+            raise MalformedItem(bid, "metadata['timestamp'] does not fit in uint64") from None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value < 2**64:
+            raise MalformedItem(bid, f"metadata['timestamp'] = {value} does not fit in uint64")
+        value = np.uint64(value)
+    arr = _per_event(value, b, "timestamp", bid)
+    if arr.dtype.kind not in "iu":
+        raise MalformedItem(
+            bid,
+            f"metadata['timestamp'] has dtype {arr.dtype}, expected unsigned 64-bit integers "
+            f"(seconds << 32 | nanoseconds)",
+        )
+    return arr.astype(np.uint64)  # int64 -> uint64 keeps the bits
+
+
+def _metadata(item: Any, b: int, bid: str) -> tuple[np.ndarray, bool, np.ndarray, bool]:
+    md = getattr(item, "metadata", None)
+    if md is None:
+        md = {}
+    if not isinstance(md, Mapping):
+        raise MalformedItem(bid, f"metadata is a {type(md).__name__}, expected a dict")
+    energy = md.get("photon_energy")
+    wavelength = md.get("photon_wavelength")
+    if energy is not None:
+        ev, has_ev = _positive_floats(energy, b, "photon_energy", bid), True
+    elif wavelength is not None:
+        lam = _positive_floats(wavelength, b, "photon_wavelength", bid)
+        ev, has_ev = HC_EV_ANGSTROM / lam, True
+    else:
+        ev, has_ev = np.full(b, np.nan), False
+    ts = md.get("timestamp")
+    if ts is not None:
+        stamps, has_ts = _timestamps(ts, b, bid), True
+    else:
+        stamps, has_ts = np.zeros(b, np.uint64), False
+    return ev, has_ev, stamps, has_ts
+
+
+def decode_item(item: Any, fetch: Callable[[Any], Any] | None = None) -> DecodedBatch:
+    """Check one Q2 item and return its logits and metadata as numpy, without copying logits.
+
+    ``item`` is duck-typed like the producer's ``PipelineOutput``. ``fetch`` resolves
+    ``predictions_ref`` (the actor passes ``ray.get``); errors it raises (e.g. an object whose
+    owner died) propagate unchanged, since the item itself is not at fault.
+
+    Raises :class:`MalformedItem` naming the batch and what is wrong.
+    """
+    has = {a: getattr(item, a, _MISSING) is not _MISSING for a in _PREDICTION_ATTRS}
+    if not any(has.values()) or not hasattr(item, "batch_id"):
+        raise MalformedItem(
+            None,
+            f"item of type {type(item).__name__} is not a PipelineOutput "
+            f"(it needs batch_id and predictions or predictions_ref)",
+        )
+    bid = item.batch_id
+    if not isinstance(bid, str):
+        raise MalformedItem(None, f"batch_id = {bid!r} is a {type(bid).__name__}, expected a str")
+
+    predictions = getattr(item, "predictions", None)
+    ref = getattr(item, "predictions_ref", None)
+    if predictions is None and ref is None:
+        raise MalformedItem(bid, "both predictions and predictions_ref are None")
+    if predictions is not None and ref is not None:
+        raise MalformedItem(bid, "both predictions and predictions_ref are set; expected one")
+    if predictions is not None:
+        logits, kind = _logits(predictions, bid, "predictions")
+    else:
+        if fetch is None:
+            raise TypeError(f"batch {bid}: decode_item needs fetch= to resolve predictions_ref")
+        logits, kind = _logits(fetch(ref), bid, "the object behind predictions_ref")
+
+    if logits.ndim != 4:
+        raise MalformedItem(bid, f"logits have shape {logits.shape}, expected 4-D (B*C, 2, H, W)")
+    if logits.shape[1] != 2:
+        raise MalformedItem(
+            bid, f"logits have {logits.shape[1]} classes (shape {logits.shape}), expected 2"
+        )
+    if 0 in logits.shape:
+        raise MalformedItem(bid, f"logits have shape {logits.shape}, with no pixels")
+    original, h, w = _shapes(item, logits, bid)
+    ev, has_ev, stamps, has_ts = _metadata(item, original[0], bid)
+    return DecodedBatch(
+        batch_id=bid,
+        logits=_read_only(logits),
+        logits_kind=kind,
+        original_shape=original,
+        padded_shape=(h, w),
+        image_ref=getattr(item, "original_image_ref", None),
+        photon_energy_ev=ev,
+        timestamp=stamps,
+        has_photon_energy=has_ev,
+        has_timestamp=has_ts,
+    )
+
+
+def check_image(batch: DecodedBatch, image: Any) -> np.ndarray:
+    """Check the resolved ``original_image_ref`` against the batch; return it read-only.
+
+    Expected: real numbers of shape ``(B*C, 1, H, W)``, padded like the logits. Any integer
+    or float dtype is accepted (the writer converts to float32 while copying into the file
+    buffer); the array itself is never copied here.
+    """
+    bid = batch.batch_id
+    if not isinstance(image, np.ndarray):
+        tensor_type = _torch_tensor_type()
+        if tensor_type is None or not isinstance(image, tensor_type):
+            raise MalformedItem(bid, f"image is a {type(image).__name__}, expected a numpy array")
+        if image.device.type != "cpu" or image.dtype.is_complex:
+            raise MalformedItem(bid, f"image tensor ({image.dtype} on {image.device}) is unusable")
+        image = image.detach().numpy()
+    expected = (batch.logits.shape[0], 1, *batch.padded_shape)
+    if image.shape != expected:
+        raise MalformedItem(bid, f"image has shape {image.shape}, expected {expected}")
+    if image.dtype.kind not in "iuf":
+        raise MalformedItem(bid, f"image has dtype {image.dtype}, expected real numbers")
+    return _read_only(image)
+
+
+# Exponent bits of the 16-bit kinds: a value is NaN or infinite when all of them are set.
+_EXPONENT_16 = {"float16": 0x7C00, "bfloat16": 0x7F80}
+
+
+def _nonfinite_count(batch: DecodedBatch) -> int:
+    x = batch.logits
+    if batch.logits_kind in _EXPONENT_16:
+        exp = _EXPONENT_16[batch.logits_kind]
+        return int(np.count_nonzero((x.view(np.int16) & exp) == exp))
+    return int(x.size - np.count_nonzero(np.isfinite(x)))
+
+
+def check_finite(batch: DecodedBatch) -> None:
+    """Raise MalformedItem if any logit is NaN or infinite.
+
+    A NaN logit would silently become background; a batch of them means a broken model or
+    transfer, which deserves a loud error. Cheap paths (bench numbers in the README):
+    float32 uses one sum (finite only if every term is; a non-finite sum may be an overflow,
+    so it is confirmed by an exact count), the 16-bit kinds one integer max over the bits
+    (``max(bits & 0x7FFF)`` reaches the exponent mask only for NaN or inf).
+    """
+    x = batch.logits
+    kind = batch.logits_kind
+    if kind in _EXPONENT_16:
+        ok = int(np.max(x.view(np.int16) & np.int16(0x7FFF))) < _EXPONENT_16[kind]
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            ok = bool(np.isfinite(np.add.reduce(x.reshape(-1))))
+    bad = 0 if ok else _nonfinite_count(batch)
+    if bad:
+        raise MalformedItem(
+            batch.batch_id, f"{bad} of {x.size} logits are NaN or infinite ({kind})"
+        )

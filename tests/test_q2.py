@@ -1,0 +1,498 @@
+"""q2.py: shard names and contract, decoding PipelineOutput items, every malformed case."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from cxi_async.q2 import (
+    HC_EV_ANGSTROM,
+    DecodedBatch,
+    FifoShard,
+    MalformedItem,
+    check_finite,
+    check_image,
+    decode_item,
+    shard_names,
+)
+
+
+@dataclass
+class PreprocessingMetadata:
+    """Look-alike of the producer's (same attribute names)."""
+
+    original_shape: Any
+    preprocessed_shape: Any
+
+
+@dataclass
+class PipelineOutput:
+    """Look-alike of the producer's PipelineOutput (same attribute names, no validation)."""
+
+    predictions: Any = None
+    predictions_ref: Any = None
+    metadata: Any = None
+    batch_id: Any = None
+    original_image_ref: Any = None
+    preprocessing_metadata: Any = None
+
+
+B, C, H0, W0, H, W = 2, 3, 5, 6, 8, 8
+
+
+def logits_tensor(dtype=torch.float32, n: int = B * C, h: int = H, w: int = W) -> torch.Tensor:
+    values = torch.arange(n * 2 * h * w, dtype=torch.float32).reshape(n, 2, h, w) / 7 - 20
+    return values.to(dtype)
+
+
+def pm(b=B, c=C, h0=H0, w0=W0, h=H, w=W) -> PreprocessingMetadata:
+    return PreprocessingMetadata((b, c, h0, w0), (b * c, 1, h, w))
+
+
+def item(**kw) -> PipelineOutput:
+    kw.setdefault("batch_id", "b-7")
+    if "predictions_ref" not in kw:
+        kw.setdefault("predictions", logits_tensor())
+    kw.setdefault("preprocessing_metadata", pm())
+    kw.setdefault("metadata", {})
+    return PipelineOutput(**kw)
+
+
+def malformed(it: Any, fetch=None) -> MalformedItem:
+    with pytest.raises(MalformedItem) as info:
+        decode_item(it, fetch)
+    return info.value
+
+
+# ------------------------------------------------------------------ shards
+
+
+def test_shard_names():
+    assert shard_names("peaknet_q2", 3) == [
+        "peaknet_q2_shard_0",
+        "peaknet_q2_shard_1",
+        "peaknet_q2_shard_2",
+    ]
+    with pytest.raises(ValueError, match="num_shards = 0"):
+        shard_names("q", 0)
+
+
+def test_fifo_shard_contract():
+    shard = FifoShard(maxsize=2)
+    assert shard.is_empty() and not shard.is_full() and shard.size() == 0
+    assert shard.get() is None
+    assert shard.put("a") and shard.put("b")
+    assert shard.is_full() and shard.size() == 2
+    assert shard.put("c") is False  # full: refuse, never block
+    assert [shard.get(), shard.get(), shard.get()] == ["a", "b", None]
+    with pytest.raises(ValueError):
+        FifoShard(0)
+
+
+# ------------------------------------------------------------------ good items
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_inline_float_tensor_is_a_read_only_zero_copy_view(dtype):
+    t = logits_tensor(dtype)
+    batch = decode_item(item(predictions=t))
+    assert batch.batch_id == "b-7"
+    assert batch.logits_kind == str(dtype).removeprefix("torch.")
+    assert batch.logits.dtype == t.numpy().dtype
+    assert batch.logits.shape == (B * C, 2, H, W)
+    np.testing.assert_array_equal(batch.logits, t.numpy())
+    assert np.shares_memory(batch.logits, t.numpy())
+    assert not batch.logits.flags.writeable
+    assert t.numpy().flags.writeable  # the tensor itself is left alone
+    assert batch.original_shape == (B, C, H0, W0)
+    assert batch.padded_shape == (H, W)
+    assert (batch.num_events, batch.num_panels, batch.panel_shape) == (B, C, (H0, W0))
+
+
+def test_inline_bfloat16_is_int16_bits():
+    t = logits_tensor(torch.bfloat16)
+    batch = decode_item(item(predictions=t))
+    assert batch.logits_kind == "bfloat16"
+    assert batch.logits.dtype == np.int16
+    bits = t.view(torch.int16).numpy()
+    np.testing.assert_array_equal(batch.logits, bits)
+    assert np.shares_memory(batch.logits, bits)
+    assert not batch.logits.flags.writeable
+    # The bits are bfloat16: shifted into the top of a float32 they give the values back.
+    as_f32 = (batch.logits.astype(np.int32) << 16).view(np.float32)
+    np.testing.assert_array_equal(as_f32, t.float().numpy())
+
+
+def test_tensor_requiring_grad_is_decoded_without_copy():
+    t = logits_tensor().requires_grad_(True)
+    batch = decode_item(item(predictions=t))
+    assert np.shares_memory(batch.logits, t.detach().numpy())
+
+
+def test_predictions_ref_numpy_via_fetch():
+    arr = logits_tensor().numpy().copy()
+    store = {"ref-1": arr}
+    batch = decode_item(item(predictions_ref="ref-1"), fetch=store.__getitem__)
+    assert np.shares_memory(batch.logits, arr)
+    assert not batch.logits.flags.writeable
+    assert batch.logits_kind == "float32"
+
+
+def test_predictions_ref_read_only_array_stays_as_is():
+    arr = logits_tensor(torch.float16).numpy().copy()
+    arr.flags.writeable = False  # what Ray's object store returns
+    batch = decode_item(item(predictions_ref=1), fetch={1: arr}.__getitem__)
+    assert batch.logits is arr
+    assert batch.logits_kind == "float16"
+
+
+def test_predictions_ref_tensor_via_fetch():
+    t = logits_tensor(torch.bfloat16)
+    batch = decode_item(item(predictions_ref="r"), fetch={"r": t}.__getitem__)
+    assert batch.logits_kind == "bfloat16"
+    np.testing.assert_array_equal(batch.logits, t.view(torch.int16).numpy())
+
+
+def test_predictions_ref_without_fetch_is_a_caller_error():
+    with pytest.raises(TypeError, match="fetch"):
+        decode_item(item(predictions_ref="r"))
+
+
+def test_fetch_errors_propagate():
+    class OwnerDied(Exception):
+        pass
+
+    def fetch(ref):
+        raise OwnerDied(ref)
+
+    with pytest.raises(OwnerDied):
+        decode_item(item(predictions_ref="r"), fetch)
+
+
+def test_image_ref_is_passed_through_untouched():
+    sentinel = object()
+    assert decode_item(item(original_image_ref=sentinel)).image_ref is sentinel
+    assert decode_item(item()).image_ref is None
+
+
+def test_no_preprocessing_metadata_means_one_panel_no_padding():
+    batch = decode_item(item(preprocessing_metadata=None))
+    assert batch.original_shape == (B * C, 1, H, W)
+    assert batch.padded_shape == (H, W)
+    assert batch.num_events == B * C
+
+
+def test_item_without_preprocessing_metadata_attribute():
+    @dataclass
+    class OldOutput:  # producer versions before preprocessing_metadata existed
+        predictions: Any
+        predictions_ref: Any
+        metadata: Any
+        batch_id: str
+
+    batch = decode_item(OldOutput(logits_tensor(), None, {}, "old"))
+    assert batch.original_shape == (B * C, 1, H, W)
+    assert batch.image_ref is None
+
+
+def test_preprocessing_metadata_as_dict():
+    batch = decode_item(
+        item(preprocessing_metadata={"original_shape": [B, C, H0, W0], "preprocessed_shape": None})
+    )
+    assert batch.original_shape == (B, C, H0, W0)
+
+
+def test_no_padding_and_numpy_int_shapes():
+    t = logits_tensor(h=H0, w=W0)
+    meta = PreprocessingMetadata(np.array([B, C, H0, W0]), (np.int64(B * C), 1, H0, W0))
+    batch = decode_item(item(predictions=t, preprocessing_metadata=meta))
+    assert batch.original_shape == (B, C, H0, W0)
+    assert all(type(v) is int for v in batch.original_shape)
+
+
+# ------------------------------------------------------------------ metadata
+
+
+def test_missing_metadata():
+    for md in (None, {}, {"photon_energy": None, "timestamp": None}):
+        batch = decode_item(item(metadata=md))
+        assert not batch.has_photon_energy and not batch.has_timestamp
+        assert batch.photon_energy_ev.shape == (B,) and np.isnan(batch.photon_energy_ev).all()
+        assert batch.timestamp.dtype == np.uint64
+        np.testing.assert_array_equal(batch.timestamp, [0, 0])
+
+
+def test_scalar_wavelength_to_energy_broadcast():
+    batch = decode_item(item(metadata={"photon_wavelength": 1.3}))
+    assert batch.has_photon_energy
+    assert batch.photon_energy_ev.dtype == np.float64
+    np.testing.assert_array_equal(batch.photon_energy_ev, [HC_EV_ANGSTROM / 1.3] * B)
+    assert HC_EV_ANGSTROM == 12398.4193
+
+
+def test_per_event_wavelength_array_and_tensor():
+    lam = np.array([1.0, 2.0], np.float32)
+    expected = HC_EV_ANGSTROM / lam.astype(np.float64)
+    for value in (
+        lam,
+        torch.from_numpy(lam),
+        lam.tolist(),
+        torch.tensor(lam, dtype=torch.bfloat16),
+    ):
+        batch = decode_item(item(metadata={"photon_wavelength": value}))
+        np.testing.assert_allclose(batch.photon_energy_ev, expected, rtol=1e-7)
+
+
+def test_energy_wins_over_wavelength():
+    batch = decode_item(item(metadata={"photon_energy": [9000, 9100], "photon_wavelength": 1.0}))
+    np.testing.assert_array_equal(batch.photon_energy_ev, [9000.0, 9100.0])
+
+
+def test_scalar_energy_numpy_scalar():
+    batch = decode_item(item(metadata={"photon_energy": np.float32(9500.0)}))
+    np.testing.assert_array_equal(batch.photon_energy_ev, [9500.0, 9500.0])
+
+
+def test_nonpositive_or_nonfinite_energy_is_unknown():
+    batch = decode_item(item(metadata={"photon_wavelength": [0.0, -1.0]}))
+    assert batch.has_photon_energy and np.isnan(batch.photon_energy_ev).all()
+    batch = decode_item(item(metadata={"photon_energy": [np.inf, 9000.0]}))
+    assert np.isnan(batch.photon_energy_ev[0]) and batch.photon_energy_ev[1] == 9000.0
+
+
+def test_timestamps_above_2_63_are_exact():
+    stamps = [2**63 + 12345, 2**64 - 1]
+    for value in (stamps, np.array(stamps, np.uint64), tuple(stamps)):
+        batch = decode_item(item(metadata={"timestamp": value}))
+        assert batch.has_timestamp
+        assert batch.timestamp.dtype == np.uint64
+        assert [int(v) for v in batch.timestamp] == stamps
+
+
+def test_scalar_timestamp_broadcast():
+    stamp = (1_700_000_000 << 32) | 123_456_789
+    batch = decode_item(item(metadata={"timestamp": stamp}))
+    assert [int(v) for v in batch.timestamp] == [stamp, stamp]
+    batch = decode_item(item(metadata={"timestamp": 2**63 + 1}))
+    assert [int(v) for v in batch.timestamp] == [2**63 + 1] * 2
+
+
+def test_int64_timestamps_keep_their_bits():
+    stamps = np.array([2**63 + 5, 7], np.uint64)
+    as_tensor = torch.from_numpy(stamps.view(np.int64))  # torch has no general uint64
+    batch = decode_item(item(metadata={"timestamp": as_tensor}))
+    np.testing.assert_array_equal(batch.timestamp, stamps)
+
+
+# ------------------------------------------------------------------ malformed items
+
+
+@pytest.mark.parametrize("thing", [5, {"predictions": 1, "batch_id": "x"}, "text", None])
+def test_not_a_pipeline_output(thing):
+    err = malformed(thing)
+    assert err.batch_id is None
+    assert str(err).startswith(f"batch unknown: item of type {type(thing).__name__} ")
+    assert "not a PipelineOutput" in str(err)
+
+
+def test_batch_id_not_a_str():
+    err = malformed(item(batch_id=42))
+    assert err.batch_id is None and "batch_id = 42" in str(err) and "int" in str(err)
+
+
+def test_no_predictions():
+    err = malformed(item(predictions=None))
+    assert str(err) == "batch b-7: both predictions and predictions_ref are None"
+    assert err.batch_id == "b-7" and err.reason == "both predictions and predictions_ref are None"
+
+
+def test_both_predictions():
+    err = malformed(item(predictions=logits_tensor(), predictions_ref="r"), {"r": 1}.__getitem__)
+    assert str(err).startswith("batch b-7: both predictions and predictions_ref are set")
+
+
+def test_wrong_rank():
+    err = malformed(item(predictions=torch.zeros(B * C, 2, H)))
+    assert str(err).startswith("batch b-7: ") and "expected 4-D" in str(err)
+
+
+def test_wrong_number_of_classes():
+    err = malformed(item(predictions=torch.zeros(B * C, 3, H, W)))
+    assert "3 classes" in str(err) and "expected 2" in str(err) and "b-7" in str(err)
+
+
+def test_panel_count_mismatch():
+    err = malformed(item(preprocessing_metadata=pm(b=4)))
+    assert "b-7" in str(err) and "B*C = 12" in str(err) and "6 panels" in str(err)
+
+
+def test_preprocessed_shape_disagrees():
+    meta = PreprocessingMetadata((B, C, H0, W0), (B * C, 1, 16, 16))
+    err = malformed(item(preprocessing_metadata=meta))
+    assert "b-7" in str(err) and "preprocessed_shape" in str(err) and "(6, 1, 16, 16)" in str(err)
+
+
+@pytest.mark.parametrize(("h0", "w0"), [(H + 1, W0), (H0, W + 1)])
+def test_original_larger_than_padded(h0, w0):
+    err = malformed(item(preprocessing_metadata=pm(h0=h0, w0=w0)))
+    assert "b-7" in str(err) and "larger than the padded" in str(err)
+
+
+@pytest.mark.parametrize("shape", [(B, C, H0), (B, C, H0, 0), (B, C, H0, 2.5), "abcd", 5])
+def test_original_shape_not_four_positive_ints(shape):
+    meta = PreprocessingMetadata(shape, None)
+    err = malformed(item(preprocessing_metadata=meta))
+    assert "b-7" in str(err) and "original_shape" in str(err)
+
+
+def test_preprocessing_metadata_without_original_shape():
+    err = malformed(item(preprocessing_metadata=PreprocessingMetadata(None, None)))
+    assert "b-7" in str(err) and "original_shape" in str(err)
+
+
+@pytest.mark.parametrize(
+    "md",
+    [
+        {"photon_wavelength": [1.0, 1.1, 1.2]},
+        {"photon_energy": np.ones((B, 1))},
+        {"timestamp": [1, 2, 3]},
+        {"timestamp": np.zeros(1, np.uint64)},
+    ],
+)
+def test_metadata_of_the_wrong_length(md):
+    err = malformed(item(metadata=md))
+    key = next(iter(md))
+    assert str(err).startswith(f"batch b-7: metadata[{key!r}] has shape")
+    assert f"({B},)" in str(err)
+
+
+@pytest.mark.parametrize(
+    "md",
+    [
+        {"timestamp": [1.5, 2.5]},
+        {"timestamp": np.array([1.0, 2.0])},
+        {"timestamp": [True, False]},
+        {"timestamp": [-1, 2]},
+        {"timestamp": 2**64},
+        {"photon_energy": ["a", "b"]},
+    ],
+)
+def test_metadata_of_the_wrong_kind(md):
+    err = malformed(item(metadata=md))
+    assert str(err).startswith("batch b-7: metadata[") and next(iter(md)) in str(err)
+
+
+def test_metadata_not_a_dict():
+    err = malformed(item(metadata=[1, 2]))
+    assert str(err) == "batch b-7: metadata is a list, expected a dict"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int32, torch.bool])
+def test_unsupported_tensor_dtype(dtype):
+    err = malformed(item(predictions=torch.zeros(B * C, 2, H, W, dtype=dtype)))
+    assert "b-7" in str(err) and str(dtype) in str(err)
+
+
+def test_unsupported_array_dtype_via_ref():
+    arr = np.zeros((B * C, 2, H, W), np.float64)
+    err = malformed(item(predictions_ref="r"), {"r": arr}.__getitem__)
+    assert "b-7" in str(err) and "float64" in str(err)
+
+
+def test_big_endian_array_is_unsupported():
+    arr = np.zeros((B * C, 2, H, W), ">f4")
+    err = malformed(item(predictions_ref="r"), {"r": arr}.__getitem__)
+    assert "b-7" in str(err) and "dtype" in str(err)
+
+
+def test_predictions_not_an_array():
+    err = malformed(item(predictions=[[1.0]]))
+    assert "b-7" in str(err) and "predictions is a list" in str(err)
+
+
+def test_non_contiguous_tensor():
+    t = logits_tensor().transpose(2, 3)
+    err = malformed(item(predictions=t))
+    assert "b-7" in str(err) and "not contiguous" in str(err)
+
+
+def test_non_contiguous_array():
+    arr = np.zeros((B * C, 2, W, H), np.float32).transpose(0, 1, 3, 2)
+    err = malformed(item(predictions_ref="r"), {"r": arr}.__getitem__)
+    assert "b-7" in str(err) and "C-contiguous" in str(err)
+
+
+def test_malformed_item_pickles():
+    err = pickle.loads(pickle.dumps(MalformedItem("b-1", "no logits")))
+    assert (err.batch_id, err.reason, str(err)) == ("b-1", "no logits", "batch b-1: no logits")
+    assert isinstance(err, ValueError)
+
+
+# ------------------------------------------------------------------ image and finiteness
+
+
+def decoded(**kw) -> DecodedBatch:
+    return decode_item(item(**kw))
+
+
+def test_check_image_ok_and_read_only():
+    batch = decoded()
+    image = np.zeros((B * C, 1, H, W), np.float32)
+    out = check_image(batch, image)
+    assert np.shares_memory(out, image) and not out.flags.writeable
+    assert check_image(batch, np.zeros((B * C, 1, H, W), np.uint16)).dtype == np.uint16
+
+
+def test_check_image_tensor():
+    batch = decoded()
+    t = torch.ones(B * C, 1, H, W)
+    assert np.shares_memory(check_image(batch, t), t.numpy())
+
+
+@pytest.mark.parametrize(
+    ("image", "words"),
+    [
+        (np.zeros((B * C, H, W), np.float32), "shape"),
+        (np.zeros((B * C, 1, H0, W0), np.float32), "shape"),
+        (np.zeros((B * C, 1, H, W), np.complex64), "dtype"),
+        (np.zeros((B * C, 1, H, W), bool), "dtype"),
+        ([1.0], "list"),
+    ],
+)
+def test_check_image_rejects(image, words):
+    with pytest.raises(MalformedItem) as info:
+        check_image(decoded(), image)
+    assert str(info.value).startswith("batch b-7: image") and words in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_check_finite(dtype):
+    t = logits_tensor(dtype)
+    check_finite(decoded(predictions=t))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        t2 = t.clone()
+        t2[1, 1, 2, 3] = bad
+        t2[4, 0, 0, 0] = bad
+        with pytest.raises(MalformedItem) as info:
+            check_finite(decoded(predictions=t2))
+        assert str(info.value) == (
+            f"batch b-7: 2 of {t.numel()} logits are NaN or infinite "
+            f"({str(dtype).removeprefix('torch.')})"
+        )
+
+
+def test_check_finite_survives_overflowing_sum():
+    t = torch.full((B * C, 2, H, W), 3e38)  # finite values whose float32 sum overflows
+    check_finite(decoded(predictions=t))
+
+
+def test_check_finite_largest_finite_16_bit_values():
+    check_finite(decoded(predictions=torch.full((B * C, 2, H, W), -65504.0, dtype=torch.float16)))
+    big = torch.full((B * C, 2, H, W), -3.3895e38, dtype=torch.bfloat16)
+    assert torch.isfinite(big).all()
+    check_finite(decoded(predictions=big))
