@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -496,3 +498,11 @@ def test_check_finite_largest_finite_16_bit_values():
     big = torch.full((B * C, 2, H, W), -3.3895e38, dtype=torch.bfloat16)
     assert torch.isfinite(big).all()
     check_finite(decoded(predictions=big))
+
+
+def test_importing_q2_does_not_import_torch_or_ray():
+    code = (
+        "import sys, cxi_async.q2, cxi_async.config; "
+        "assert 'torch' not in sys.modules and 'ray' not in sys.modules, sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
