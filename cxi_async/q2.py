@@ -414,6 +414,18 @@ def _nonfinite_count(batch: DecodedBatch) -> int:
     return int(x.size - np.count_nonzero(np.isfinite(x)))
 
 
+def _max_abs_bits_16(bits: np.ndarray, chunk: int = 1 << 17) -> int:
+    """max(bits & 0x7FFF) in cache-sized chunks: no batch-sized temporary to page in."""
+    buf = np.empty(min(bits.size, chunk), np.int16)
+    top = 0
+    for start in range(0, bits.size, chunk):
+        part = bits[start : start + chunk]
+        out = buf[: part.size]
+        np.bitwise_and(part, np.int16(0x7FFF), out=out)
+        top = max(top, int(out.max()))
+    return top
+
+
 def check_finite(batch: DecodedBatch) -> None:
     """Raise MalformedItem if any logit is NaN or infinite.
 
@@ -426,7 +438,7 @@ def check_finite(batch: DecodedBatch) -> None:
     x = batch.logits
     kind = batch.logits_kind
     if kind in _EXPONENT_16:
-        ok = int(np.max(x.view(np.int16) & np.int16(0x7FFF))) < _EXPONENT_16[kind]
+        ok = _max_abs_bits_16(x.reshape(-1).view(np.int16)) < _EXPONENT_16[kind]
     else:
         with np.errstate(over="ignore", invalid="ignore"):
             ok = bool(np.isfinite(np.add.reduce(x.reshape(-1))))

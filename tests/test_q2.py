@@ -506,3 +506,13 @@ def test_importing_q2_does_not_import_torch_or_ray():
         "assert 'torch' not in sys.modules and 'ray' not in sys.modules, sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_check_finite_finds_a_nan_in_the_last_chunk(dtype):
+    t = torch.zeros(B * C, 2, 160, 160, dtype=dtype)  # 307200 values: more than one chunk
+    meta = pm(h0=150, w0=150, h=160, w=160)
+    check_finite(decoded(predictions=t, preprocessing_metadata=meta))
+    t[-1, -1, -1, -1] = float("nan")
+    with pytest.raises(MalformedItem, match="1 of 307200 logits"):
+        check_finite(decoded(predictions=t, preprocessing_metadata=meta))
