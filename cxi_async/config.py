@@ -70,7 +70,7 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
 class RayConfig(_Section):
     """Where the Ray cluster is."""
 
-    address: str | None = None  # None: start a local Ray; "auto", "host:6379", "ray://host:10001"
+    address: NonEmpty | None = None  # None: local Ray; "auto", "host:6379", "ray://host:10001"
     namespace: NonEmpty = "peaknet-pipeline"  # Ray namespace of the Q2 shards (producer's)
     num_cpus: Count | None = None  # CPUs of a local Ray (None: all); ignored when connecting
     object_store_memory_gb: Positive | None = None  # object store of a local Ray (None: Ray's)
@@ -110,7 +110,7 @@ class PeakFindingConfig(_Section):
 class GeometryConfig(_Section):
     """Detector geometry."""
 
-    geom_file: str | None = None  # CrystFEL .geom; None: panels stacked along the slow scan
+    geom_file: NonEmpty | None = None  # CrystFEL .geom; None: panels stacked along the slow scan
 
 
 class OutputConfig(_Section):
@@ -132,7 +132,7 @@ class SystemConfig(_Section):
     """Logging and progress."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # driver and actors
-    log_file: str | None = None  # also log to this file (its directory must exist)
+    log_file: NonEmpty | None = None  # also log to this file (its directory must exist)
     progress_interval_s: Seconds = 5.0  # seconds between progress lines
 
 
@@ -159,6 +159,7 @@ class ReplayConfig(_Section):
     peaks_per_event: NonNegInt = 100  # peaks drawn in a hit event
     hit_fraction: Fraction = 0.8  # fraction of events with enough peaks to be kept
     producer_rate_hz: Positive | None = None  # events/s put; None: as fast as Q2 takes them
+    unique_batches: Count | None = None  # generate this many, then replay them with new ids
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
