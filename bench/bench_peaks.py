@@ -122,6 +122,36 @@ def compare_methods(logits: np.ndarray, bf: bool, repeat: int) -> dict[str, floa
     return {m: min(t) for m, t in times.items()}
 
 
+def density_sweep(num_events: int, repeat: int) -> dict[str, dict[str, float]]:
+    """ms per event of find_peaks with the pixel-graph and the dense labelling, by density.
+
+    Logits are i.i.d. with class 1 shifted so that a given fraction of pixels is foreground:
+    the crossover sets ``peaks._DENSE_FRACTION``.
+    """
+    from scipy.special import ndtri
+
+    rng = np.random.default_rng(2)
+    n = num_events * PANELS
+    logits = rng.standard_normal((n, 2, H_PAD, W_PAD), dtype=np.float32)
+    base = logits[:, 1].copy()
+    shape = (num_events, PANELS, H_ORIG, W_ORIG)
+    saved = peaks._DENSE_FRACTION
+    out = {}
+    try:
+        for density in (0.0005, 0.002, 0.005, 0.01, 0.02, 0.05, 0.2):
+            # l1 - l0 ~ N(shift, 2): P(l1 > l0) = density
+            logits[:, 1] = base + np.float32(np.sqrt(2) * ndtri(density))
+            row = {}
+            for path, frac in (("graph", np.inf), ("dense", 0.0)):
+                peaks._DENSE_FRACTION = frac
+                t = timeit(lambda: peaks.find_peaks(logits, shape), repeat)
+                row[path] = min(t) * 1e3 / num_events
+            out[f"{density:g}"] = row
+    finally:
+        peaks._DENSE_FRACTION = saved
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=8, help="events per batch (default 8)")
@@ -131,11 +161,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ref-repeat", type=int, default=2, help="timed runs of the reference")
     ap.add_argument("--cpu", type=int, default=0, help="pin to this CPU (-1: do not pin)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument(
+        "--density",
+        action="store_true",
+        help="instead: time graph vs dense labelling over mask densities (sets the crossover)",
+    )
     args = ap.parse_args(argv)
     # numpy ufuncs and csgraph are single-threaded anyway; pinning keeps the process on one
     # core. Times are CPU time of this thread (see timeit).
     if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
+
+    if args.density:
+        sweep = density_sweep(args.events, args.repeat)
+        if args.json:
+            print(json.dumps({"events": args.events, "density_ms_per_event": sweep}, indent=2))
+        else:
+            print(
+                f"find_peaks ms per event by foreground fraction (default switch at "
+                f"{peaks._DENSE_FRACTION:g}):"
+            )
+            for d, row in sweep.items():
+                print(f"  {d:>7}: graph {row['graph']:8.2f}   dense {row['dense']:8.2f}")
+        return 0
 
     base, image = synth_batch(args.events, args.peaks, seed=1)
     shape = (args.events, PANELS, H_ORIG, W_ORIG)

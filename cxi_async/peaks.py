@@ -1,7 +1,7 @@
 """Bragg peaks from PeakNet logits: mask, connected components, centroids.
 
-The mask of a panel is ``logit[1] > logit[0]`` over its *real* pixels only (the padded
-border is never read, so it can neither produce a peak nor pull a centroid). Peaks are the
+The mask of a panel is ``logit[1] > logit[0]`` over its *real* pixels only (padded pixels
+never enter it, so they can neither produce a peak nor pull a centroid). Peaks are the
 8-connected (or 4-connected) components of that mask within one panel; a peak's position is
 the unweighted mean of its pixel coordinates, as the upstream chain defines it.
 
@@ -13,11 +13,18 @@ pixels. A zero guard row under every panel and a zero guard column (the padding 
 cleared) let neighbours be found by adding fixed offsets to linear indices without ever
 wrapping to the next row or panel.
 
-16-bit logits are compared without converting them to float: IEEE half and bfloat16 bits are
-sign-magnitude, and ``x ^ ((x >> 15) & 0x7FFF)`` (on int16) is an order-preserving integer
-key. It maps -0 one below +0 and gives NaN patterns a place in the order, so the integer
-compare yields a superset of the true mask; the few candidates are then checked exactly
-(drop NaN and the -0/+0 tie). Same values in float32, float16 or bfloat16 give the same mask.
+16-bit logits (float16, or bfloat16 bits as int16) are compared as integers, never widened:
+IEEE bits are sign-magnitude, so a two's-complement compare of the raw bits gives the float
+order except where both values are negative, where it is reversed; the compare is flipped
+where ``a & b < 0``. That pass can only err on ties, -0 vs +0 and NaN (a superset of the
+mask), so the few candidate pixels are re-checked exactly as float32. Same values in float32,
+float16 or bfloat16 give the same mask. The bench measures the alternatives (an
+order-preserving key ``x ^ ((x >> 15) & 0x7FFF)``, widening to float32): this is the fastest,
+though not faster than float32 itself, whose single compare is memory-bound while numpy
+spends on the extra integer passes what reading half the bytes saves.
+
+A dense mask (a broken model marking most pixels) stays correct but costs time in
+proportion to its foreground pixels.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
+from scipy import ndimage
 from scipy.sparse import csr_array
 from scipy.sparse.csgraph import connected_components
 
@@ -39,7 +47,10 @@ __all__ = [
 
 # Bytes of mask buffer per chunk of panels: a few panels, small enough to stay in L2.
 _CHUNK_BYTES = 1 << 19
-# How 16-bit logits are compared (chosen by bench/bench_peaks.py).
+# Above this fraction of foreground pixels, label the rebuilt dense mask with ndimage instead
+# of the pixel graph (measured crossover, bench/bench_peaks.py --density).
+_DENSE_FRACTION = 0.04
+# How 16-bit logits are compared: "xorsign", "key" or "convert" (see bench/bench_peaks.py).
 _METHOD = {"float": "", "float16": "xorsign", "bfloat16": "xorsign"}
 
 
@@ -335,7 +346,7 @@ def _edges(lin: np.ndarray, wb: int, connectivity: int) -> tuple[np.ndarray, np.
 
 
 def _label(num: int, src: np.ndarray, dst: np.ndarray) -> tuple[int, np.ndarray]:
-    """Component labels numbered in order of each component's first pixel."""
+    """Component labels of the graph of foreground pixels, numbered by first pixel."""
     if src.size == 0:
         return num, np.arange(num, dtype=np.int64)
     order = np.argsort(src, kind="stable")
@@ -343,16 +354,46 @@ def _label(num: int, src: np.ndarray, dst: np.ndarray) -> tuple[int, np.ndarray]
     np.cumsum(np.bincount(src, minlength=num), out=indptr[1:])
     graph = csr_array((np.ones(src.size, np.int8), dst[order], indptr), shape=(num, num))
     ncomp, labels = connected_components(graph, directed=False)
-    labels = labels.astype(np.int64, copy=False)
-    # csgraph numbers components as it meets them scanning nodes 0..num-1, i.e. by first
-    # pixel. Check that cheaply (running max rises by 0 or 1) and renumber if it ever differs.
+    return ncomp, _in_first_pixel_order(labels.astype(np.int64, copy=False), ncomp)
+
+
+def _label_dense(lin: np.ndarray, scan: _MaskScanner, connectivity: int) -> tuple[int, np.ndarray]:
+    """The same labels via ``ndimage.label`` on the mask rebuilt chunk by chunk: cheaper when
+    a large part of the pixels is foreground (cost per pixel instead of per foreground pixel).
+    """
+    structure = np.zeros((3, 3, 3), bool)  # in-plane only: panels never connect
+    structure[1] = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+    npanel, size, chunk = scan.logits.shape[0], scan.panel_size, scan.chunk
+    bounds = np.searchsorted(lin, np.arange(0, npanel + chunk, chunk) * size)
+    flat = scan.buf.reshape(-1)
+    labels = np.empty(lin.size, np.int64)
+    total = 0
+    for i, k0 in enumerate(range(0, npanel, chunk)):
+        b0, b1 = bounds[i], bounds[i + 1]
+        if b0 == b1:
+            continue
+        q = lin[b0:b1] - k0 * size
+        scan.buf[:] = False
+        flat[q] = True
+        lab, n = ndimage.label(scan.buf[: min(chunk, npanel - k0)], structure)
+        labels[b0:b1] = lab.reshape(-1)[q] + (total - 1)
+        total += n
+    return total, _in_first_pixel_order(labels, total)
+
+
+def _in_first_pixel_order(labels: np.ndarray, ncomp: int) -> np.ndarray:
+    """Labels renumbered so that they appear in order along ``labels`` (table order).
+
+    csgraph and ndimage already number components as they meet them in index order; check
+    that cheaply (the running maximum rises by 0 or 1) and renumber only if it ever differs.
+    """
     runmax = np.maximum.accumulate(labels)
-    if labels[0] != 0 or np.any(np.diff(runmax) > 1):
-        _, first = np.unique(labels, return_index=True)
-        rank = np.empty(ncomp, np.int64)
-        rank[np.argsort(first)] = np.arange(ncomp)
-        labels = rank[labels]
-    return ncomp, labels
+    if labels[0] == 0 and not np.any(np.diff(runmax) > 1):
+        return labels
+    _, first = np.unique(labels, return_index=True)
+    rank = np.empty(ncomp, np.int64)
+    rank[np.argsort(first)] = np.arange(ncomp)
+    return rank[labels]
 
 
 # --------------------------------------------------------------------------- find_peaks
@@ -377,7 +418,10 @@ def find_peaks(
     lin = scan.foreground()
     if lin.size == 0:
         return PeakTable.empty(nb)
-    ncomp, labels = _label(lin.size, *_edges(lin, scan.wb, connectivity))
+    if lin.size > _DENSE_FRACTION * logits.shape[0] * ho * wo:
+        ncomp, labels = _label_dense(lin, scan, connectivity)
+    else:
+        ncomp, labels = _label(lin.size, *_edges(lin, scan.wb, connectivity))
     return _measure(lin, labels, ncomp, scan, nb, nc, image)
 
 

@@ -7,6 +7,7 @@ from dataclasses import fields
 import numpy as np
 import pytest
 
+from cxi_async import peaks
 from cxi_async.peaks import (
     PeakFindingError,
     PeakTable,
@@ -93,12 +94,19 @@ def blob_batch(rng, nb, nc, ho, wo, h, w, cell=7):
     return mask, truth
 
 
+@pytest.fixture(params=["graph", "dense"])
+def labelling(request, monkeypatch):
+    """Run a test through both labelling paths (pixel graph, dense ndimage.label)."""
+    monkeypatch.setattr(peaks, "_DENSE_FRACTION", np.inf if request.param == "graph" else 0.0)
+    return request.param
+
+
 # ----------------------------------------------------------------------------- exact truth
 
 
 @pytest.mark.parametrize("h_pad, w_pad", [(0, 0), (5, 9), (40, 100)])
 @pytest.mark.parametrize("kind", ["float32", "float16", "bfloat16"])
-def test_blobs_exact_centroids_and_order(h_pad, w_pad, kind):
+def test_blobs_exact_centroids_and_order(h_pad, w_pad, kind, labelling):
     rng = np.random.default_rng(1)
     nb, nc, ho, wo = 3, 2, 36, 43
     mask, truth = blob_batch(rng, nb, nc, ho, wo, ho + h_pad, wo + w_pad)
@@ -144,7 +152,7 @@ def test_weighted_centre_falls_back_when_sum_not_positive():
     assert (t.weighted_row[0], t.weighted_col[0]) == (2.0, 2.5)
 
 
-def test_padding_never_leaks_into_peaks():
+def test_padding_never_leaks_into_peaks(labelling):
     ho, wo, h, w = 10, 12, 16, 20
     mask = np.zeros((1, h, w), bool)
     mask[0, ho - 2 :, wo - 2 :] = True  # a blob over the corner, padding says "peak" too
@@ -167,7 +175,7 @@ def test_blob_only_in_padding_gives_nothing():
     assert t.counts.tolist() == [0]
 
 
-def test_empty_panels_and_events():
+def test_empty_panels_and_events(labelling):
     mask = np.zeros((3 * 2, 6, 6), bool)
     mask[2 * 1 + 1, 0, 0] = True  # event 1, panel 1 only
     t = find_peaks(logits_from_mask(mask), (3, 2, 6, 6))
@@ -178,7 +186,7 @@ def test_empty_panels_and_events():
     assert_tables_equal(empty, PeakTable.empty(2))
 
 
-def test_one_pixel_peaks_in_every_corner():
+def test_one_pixel_peaks_in_every_corner(labelling):
     ho, wo = 5, 7
     mask = np.zeros((1, ho, wo), bool)
     for r, c in [(0, 0), (0, wo - 1), (ho - 1, 0), (ho - 1, wo - 1), (2, 3)]:
@@ -194,7 +202,7 @@ def test_one_pixel_peaks_in_every_corner():
 
 
 @pytest.mark.parametrize("w_pad", [0, 3])
-def test_4_vs_8_connectivity(w_pad):
+def test_4_vs_8_connectivity(w_pad, labelling):
     mask = np.zeros((1, 6, 6 + w_pad), bool)
     mask[0, 1, 1] = mask[0, 2, 2] = True  # diagonal down-right
     mask[0, 1, 5] = mask[0, 2, 4] = True  # diagonal down-left, from the last column
@@ -206,7 +214,7 @@ def test_4_vs_8_connectivity(w_pad):
 
 
 @pytest.mark.parametrize("w_pad", [0, 1, 4])
-def test_no_connection_across_panels_or_row_wrap(w_pad):
+def test_no_connection_across_panels_or_row_wrap(w_pad, labelling):
     ho, wo = 4, 5
     mask = np.zeros((2, ho, wo + w_pad), bool)
     mask[0, ho - 1, 1:3] = True  # bottom row of panel 0 ...
@@ -221,7 +229,7 @@ def test_no_connection_across_panels_or_row_wrap(w_pad):
     ]
 
 
-def test_whole_panel_is_one_peak():
+def test_whole_panel_is_one_peak(labelling):
     mask = np.ones((2, 9, 11), bool)
     t = find_peaks(logits_from_mask(mask), (2, 1, 7, 8))
     assert table_rows(t) == [(0, 0, 3.0, 3.5, 56), (1, 0, 3.0, 3.5, 56)]
@@ -234,7 +242,7 @@ SPECIAL = np.array([0.0, -0.0, 1.0, -1.0, 0.5, -2.0, np.inf, -np.inf, np.nan, -n
 
 
 @pytest.mark.parametrize("connectivity", [4, 8])
-def test_dtypes_give_identical_results_with_ties_nan_inf(connectivity):
+def test_dtypes_give_identical_results_with_ties_nan_inf(connectivity, labelling):
     rng = np.random.default_rng(3)
     nb, nc, ho, wo = 2, 3, 17, 23
     logits = readonly(rng.choice(SPECIAL, (nb * nc, 2, 20, 26)))
@@ -300,7 +308,7 @@ def test_bfloat16_bits_as_uint16_are_accepted():
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_matches_reference_on_random_masks(seed):
+def test_matches_reference_on_random_masks(seed, labelling):
     rng = np.random.default_rng(seed)
     nb, nc = int(rng.integers(1, 4)), int(rng.integers(1, 5))
     ho, wo = int(rng.integers(1, 40)), int(rng.integers(1, 40))
@@ -453,8 +461,6 @@ def test_bad_inputs_raise_clear_errors(logits, shape, kwargs, match):
 @pytest.mark.parametrize("kind", ["float16", "bfloat16"])
 def test_every_16bit_compare_method_is_exact(method, kind):
     """The bench picks among these by speed; all must give the float32 mask."""
-    from cxi_async import peaks
-
     rng = np.random.default_rng(7)
     logits = readonly(rng.choice(SPECIAL, (4, 2, 11, 30)))
     x, _ = as_kind(logits, kind)
