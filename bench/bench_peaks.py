@@ -3,9 +3,12 @@
 Synthesises ePix10k2M-shaped batches (16 panels of 352 x 384 real pixels in 512 x 512
 padded logits, ~100 peaks of 1 to ~30 pixels per event, background class dominant) and
 prints ms per event (min / median) per dtype, the ratio to the reference measured in the
-same run, and where the time of ``find_peaks`` goes.
+same run, and where the time of ``find_peaks`` goes. Times are CPU time of the bench thread,
+so other processes on a shared machine do not inflate them (their use of memory bandwidth
+still does); on an idle machine they equal wall time.
 
     python bench/bench_peaks.py [--events N] [--dtype float32|float16|bfloat16|all] [--json]
+    python bench/bench_peaks.py --density   # graph vs dense labelling: the switch-over point
 """
 
 from __future__ import annotations
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for dtype in dtypes:
         logits, bf = as_dtype(base, dtype)
-        ours = find_table = peaks.find_peaks(logits, shape, bfloat16=bf, image=image)
+        ours = peaks.find_peaks(logits, shape, bfloat16=bf, image=image)
         ref = reference_find_peaks(logits, shape, bfloat16=bf, image=image)
         same = len(ours) == len(ref) and all(
             np.array_equal(getattr(ours, k), getattr(ref, k))
@@ -216,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             "reference_ms_min": min(t_ref) * per,
             "reference_ms_median": statistics.median(t_ref) * per,
             "speedup_min": min(t_ref) / min(t_ours),
-            "peaks_per_event": len(find_table) / args.events,
+            "peaks_per_event": len(ours) / args.events,
             "same_as_reference": bool(same),
             "mask_ms_by_method": {m: v * per for m, v in methods.items()},
             "breakdown_ms": {
@@ -230,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(
         f"ePix10k2M batch: {args.events} events x {PANELS} panels x {H_ORIG}x{W_ORIG} "
-        f"in {H_PAD}x{W_PAD}, one core; ms per event"
+        f"in {H_PAD}x{W_PAD}; ms of CPU (thread time) per event, pinned to one core"
     )
     print(
         f"{'dtype':9} {'find_peaks min/med':>19} {'+image min/med':>16} "

@@ -58,7 +58,7 @@ class PeakFindingError(ValueError):
     """Logits, image or selection settings that peak finding cannot accept."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PeakTable:
     """Every peak of a batch as flat arrays, ordered by (event, panel, first raster pixel).
 
@@ -114,7 +114,7 @@ class PeakTable:
         return PeakTable(**cols, counts=self.counts[b : b + 1])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Selection:
     """Which events of a batch to write, and which of their peaks.
 
