@@ -1,0 +1,589 @@
+"""Drainer actor: takes batches from Q2 while it holds credits, and keeps the books.
+
+It is the pipeline's coordinator: it creates the finders and writers, forwards each batch's
+ObjectRef (never the batch) to a finder, remembers every batch until a writer acks it,
+re-dispatches what a dead actor held, and answers stats. Credits are the only throttle: a
+batch holds one from the moment it leaves Q2 until all its kept events are in a renamed file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from cxi_async.actors.common import is_actor_death, setup_actor_logging
+from cxi_async.actors.q2_shard import check_topology, connect_shards, find_shard_indices
+from cxi_async.config import Config
+from cxi_async.finding import load_slab_layout
+from cxi_async.messages import EMPTY, SHARD_GONE, Ack, BatchResult, Delivery
+
+log = logging.getLogger(__name__)
+
+HEALTH_INTERVAL_S = 1.0
+MAX_ATTEMPTS = 3  # a batch that kills this many finders is rejected
+SIZE_TIMEOUT_S = 5.0
+
+
+@dataclass
+class InFlight:
+    """What the drainer remembers of one batch until it is acked."""
+
+    delivery: Delivery | None  # holds the item ref until a finder is done with it
+    shard: int
+    taken_at: float
+    finder: int | None = None
+    result: BatchResult | None = None  # kept so a dead writer's work can be re-sent
+    attempts: int = 0
+
+
+@dataclass
+class Books:
+    """Counters that make `taken = done + in flight` checkable at any moment."""
+
+    batches_taken: int = 0
+    batches_done: int = 0  # acked (written and/or filtered) or rejected
+    batches_rejected: int = 0
+    batches_abandoned: int = 0  # in flight when stop() was asked not to finish them
+    events_seen: int = 0  # events of batches a finder has decoded
+    events_written: int = 0
+    events_filtered: int = 0
+    events_rejected: int = 0
+    events_duplicate: int = 0
+    peaks_truncated: int = 0
+    rejections: collections.Counter = field(default_factory=collections.Counter)
+    last_rejections: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
+    latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20000))
+
+
+class Drainer:
+    """Named actor `cxi_async_drainer` in the pipeline's namespace."""
+
+    def __init__(self, config: Config, output_dir: str, run_label: str) -> None:
+        setup_actor_logging(config)
+        self.config = config
+        self.output_dir = output_dir
+        self.run_label = run_label
+        self.books = Books()
+        self.inflight: dict[int, InFlight] = {}
+        self.next_id = 0
+        self.credits = asyncio.Semaphore(config.processing.credits)
+        self.shards: list[Any] = []
+        self.finders: list[Any] = []
+        self.writers: list[Any] = []
+        self.finder_slots: asyncio.Queue[int] = asyncio.Queue()
+        self.tasks: set[asyncio.Task] = set()
+        self.drain_task: asyncio.Task | None = None
+        self.health_task: asyncio.Task | None = None
+        self.stopping = False
+        self.finished = asyncio.Event()
+        self.final: dict | None = None
+        self.started_at = time.time()
+        self.started_mono = time.monotonic()
+        self.idle_since: float | None = None
+        self.stop_reason: str | None = None
+        self.stop_when_empty_reason: str | None = None
+        self.layout = None
+        self.replacements = collections.Counter()
+        self.dead_shards: dict[int, float] = {}
+        self.q2_depth = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> dict:
+        """Connect to Q2, create writers and finders, and start draining."""
+        from cxi_async.actors.finder import Finder  # noqa: F401  (import check before spawning)
+
+        cfg = self.config
+        self.layout = load_slab_layout(cfg)
+        num_shards = await asyncio.to_thread(self._resolve_num_shards)
+        check_topology(cfg.queue.name, cfg.ray.namespace, num_shards)
+        self.shards = await asyncio.to_thread(
+            connect_shards,
+            cfg.queue.name,
+            cfg.ray.namespace,
+            num_shards,
+            cfg.queue.maxsize_per_shard,
+        )
+        _check_cpus(cfg)
+        self.writers = [self._new_writer(i) for i in range(cfg.output.num_writers)]
+        self.finders = [self._new_finder(i) for i in range(cfg.processing.num_finders)]
+        await _placed(self.writers + self.finders, cfg)
+        for i in range(len(self.finders)):
+            for _ in range(cfg.processing.finder_inbox + 1):
+                self.finder_slots.put_nowait(i)
+        self.drain_task = asyncio.get_running_loop().create_task(self._drain_loop())
+        self.health_task = asyncio.get_running_loop().create_task(self._health_loop())
+        log.info(
+            "draining %s (%d shards, namespace %s) with %d finders, %d writers, %d credits into %s",
+            cfg.queue.name,
+            num_shards,
+            cfg.ray.namespace,
+            len(self.finders),
+            len(self.writers),
+            cfg.processing.credits,
+            self.output_dir,
+        )
+        return {"num_shards": num_shards, "output_dir": self.output_dir}
+
+    def _resolve_num_shards(self) -> int:
+        q = self.config.queue
+        if q.num_shards != "auto":
+            return int(q.num_shards)
+        deadline = time.monotonic() + q.wait_for_producer_s
+        while True:
+            found = find_shard_indices(q.name, self.config.ray.namespace)
+            if found:
+                return len(found)
+            if time.monotonic() >= deadline:
+                waited = (
+                    f" after waiting {q.wait_for_producer_s:g} s" if q.wait_for_producer_s else ""
+                )
+                raise RuntimeError(
+                    f"queue.num_shards = \"auto\" but no shard of Q2 '{q.name}' exists in "
+                    f"namespace '{self.config.ray.namespace}'{waited}: start the producer first, "
+                    "set queue.wait_for_producer_s, or give queue.num_shards."
+                )
+            time.sleep(0.5)
+
+    def _new_finder(self, index: int) -> Any:
+        from cxi_async.actors.finder import Finder
+
+        p = self.config.processing
+        return (
+            ray.remote(Finder)
+            .options(num_cpus=p.finder_num_cpus, max_restarts=0)
+            .remote(self.config, index, self.writers)
+        )
+
+    def _new_writer(self, index: int) -> Any:
+        from cxi_async.actors.writer import Writer
+
+        me = ray.get_runtime_context().current_actor
+        return (
+            ray.remote(Writer)
+            .options(num_cpus=self.config.processing.writer_num_cpus, max_restarts=0)
+            .remote(self.config, index, me, self.layout, self.output_dir, self.run_label)
+        )
+
+    async def drain_and_stop(self, reason: str = "asked to drain") -> dict:
+        """Stop taking from Q2, finish everything in flight, flush files, stop the actors."""
+        if self.final is not None:
+            return self.final
+        if not self.stopping:
+            self.stopping = True
+            self.stop_reason = reason
+            log.info("draining: %s; finishing %d batches in flight", reason, len(self.inflight))
+        if self.drain_task is not None:
+            self.drain_task.cancel()
+        while True:
+            busy = [t for t in self.tasks if not t.done()]
+            if busy:
+                await asyncio.gather(*busy, return_exceptions=True)
+                continue
+            await asyncio.gather(*(w.flush.remote() for w in self.writers), return_exceptions=True)
+            if not self.inflight and not any(not t.done() for t in self.tasks):
+                break
+            await asyncio.sleep(0.05)
+        return await self._shutdown()
+
+    async def stop(self, reason: str = "asked to stop") -> dict:
+        """Stop at once: what is in flight is not written (counted as abandoned)."""
+        self.stopping = True
+        self.stop_reason = self.stop_reason or reason
+        if self.drain_task is not None:
+            self.drain_task.cancel()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.final is None and self.inflight:
+            log.warning(
+                "stopping with %d batches in flight: they are not written", len(self.inflight)
+            )
+            self.books.batches_abandoned += len(self.inflight)
+            self.inflight.clear()
+        return await self._shutdown()
+
+    async def stop_when_empty(self, reason: str) -> None:
+        """Drain and stop as soon as Q2 is empty and nothing is in flight (replay finished)."""
+        self.stop_when_empty_reason = reason
+
+    async def _shutdown(self) -> dict:
+        if self.final is not None:
+            return self.final
+        if self.health_task is not None:
+            self.health_task.cancel()
+        stats = await self.stats()
+        stats["stop_reason"] = self.stop_reason
+        stats["files_written"] = await self._written_files()
+        self.final = stats
+        for actor in [*self.finders, *self.writers]:
+            ray.kill(actor)
+        self.finished.set()
+        log.info("stopped (%s)", self.stop_reason)
+        return stats
+
+    async def wait_finished(self) -> dict:
+        """Returns the final stats once the pipeline has stopped by itself or was stopped."""
+        await self.finished.wait()
+        assert self.final is not None
+        return self.final
+
+    # ------------------------------------------------------------------ taking from Q2
+
+    async def _drain_loop(self) -> None:
+        cfg = self.config
+        n = len(self.shards)
+        sizes = [0] * n
+        turn = 0
+        backoff = 0.001
+        while not self.stopping:
+            await self.credits.acquire()
+            shard = None
+            while shard is None:
+                order = [(turn + k) % n for k in range(n)]
+                shard = next((i for i in order if sizes[i] > 0), None)
+                if shard is not None:
+                    break
+                sizes = await self._poll_sizes()
+                if any(sizes):
+                    backoff = 0.001
+                    continue
+                self._note_idle()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, cfg.queue.poll_interval_s)
+            sizes[shard] -= 1
+            turn = shard + 1
+            self._take(shard)
+            if (
+                cfg.stop.max_batches is not None
+                and self.books.batches_taken >= cfg.stop.max_batches
+            ):
+                self._begin_stop(f"took stop.max_batches = {cfg.stop.max_batches} batches")
+                return
+
+    def _take(self, shard: int) -> None:
+        """Forward the shard's `get` result by reference; no await between get and bookkeeping."""
+        ref = self.shards[shard].get.remote()
+        delivery = Delivery(self.next_id, [ref], shard)
+        self.next_id += 1
+        self.inflight[delivery.delivery_id] = InFlight(delivery, shard, time.monotonic())
+        self.books.batches_taken += 1
+        self.idle_since = None
+        self._spawn(self._dispatch(delivery.delivery_id))
+
+    async def _poll_sizes(self) -> list[int]:
+        replies = await asyncio.gather(
+            *(asyncio.wait_for(_await(s.size.remote()), SIZE_TIMEOUT_S) for s in self.shards),
+            return_exceptions=True,
+        )
+        sizes = []
+        for i, reply in enumerate(replies):
+            if isinstance(reply, BaseException):
+                await self._shard_failed(i, reply)
+                sizes.append(0)
+            else:
+                if i in self.dead_shards:
+                    log.info("Q2 shard %d answers again", i)
+                    del self.dead_shards[i]
+                sizes.append(int(reply))
+        self.q2_depth = sum(sizes)
+        return sizes
+
+    async def _shard_failed(self, index: int, exc: BaseException) -> None:
+        """Log once, then try to reconnect by name every few seconds; others go on meanwhile."""
+        now = time.monotonic()
+        if index not in self.dead_shards:
+            log.warning(
+                "Q2 shard %d does not answer (%s); draining the others", index, type(exc).__name__
+            )
+            self.dead_shards[index] = 0.0
+        if now - self.dead_shards[index] < 2.0:
+            return
+        self.dead_shards[index] = now
+        name = f"{self.config.queue.name}_shard_{index}"
+        try:
+            self.shards[index] = await asyncio.to_thread(
+                ray.get_actor, name, self.config.ray.namespace
+            )
+            log.info("reconnected to Q2 shard %s", name)
+        except ValueError:
+            pass
+
+    def _note_idle(self) -> None:
+        """Q2 is empty: stop when asked to stop once empty, or after the idle timeout.
+
+        The idle clock starts only once a first batch was taken, so a pipeline started before
+        its producer waits for it (use queue.wait_for_producer_s to bound that wait).
+        """
+        timeout = self.config.stop.idle_timeout_s
+        if self.inflight:
+            self.idle_since = None
+            return
+        if self.stop_when_empty_reason is not None:
+            self._begin_stop(self.stop_when_empty_reason)
+            return
+        if self.books.batches_taken == 0:
+            return
+        now = time.monotonic()
+        if self.idle_since is None:
+            self.idle_since = now
+        elif timeout is not None and now - self.idle_since >= timeout:
+            self._begin_stop(f"Q2 empty and nothing in flight for {timeout:g} s")
+
+    def _begin_stop(self, reason: str) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.stop_reason = reason
+        self._spawn(self.drain_and_stop(reason), track=False)
+
+    def _spawn(self, coro: Any, track: bool = True) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        if track:
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    # ------------------------------------------------------------------ finder stage
+
+    async def _dispatch(self, delivery_id: int) -> None:
+        """Send a batch to a free finder until one finishes it; a dead finder is replaced."""
+        state = self.inflight[delivery_id]
+        while True:
+            index = await self.finder_slots.get()
+            finder = self.finders[index]
+            state.finder = index
+            state.attempts += 1
+            try:
+                result: BatchResult = await finder.process.remote(state.delivery)
+            except Exception as exc:
+                self.finder_slots.put_nowait(index)
+                if is_actor_death(exc):
+                    self._replace_finder(index, finder)
+                    if state.attempts < MAX_ATTEMPTS:
+                        log.warning(
+                            "finder %d died holding delivery %d; re-dispatching", index, delivery_id
+                        )
+                        continue
+                    reason = f"the batch was being processed when {state.attempts} finders died"
+                else:
+                    reason = f"finder error: {_last_line(exc)}"
+                self._reject(delivery_id, f"delivery {delivery_id}", 0, reason)
+                return
+            self.finder_slots.put_nowait(index)
+            await self._finder_done(state, result)
+            return
+
+    async def _finder_done(self, state: InFlight, result: BatchResult) -> None:
+        delivery_id = result.delivery_id
+        state.delivery = None  # drop the item ref: the logits can leave the object store
+        if result.rejected in (EMPTY, SHARD_GONE):
+            self.books.batches_taken -= 1
+            self.inflight.pop(delivery_id, None)
+            self.credits.release()
+            return
+        self.books.events_seen += result.num_events
+        if result.rejected is not None:
+            self._reject(delivery_id, result.batch_id, result.num_events, result.rejected)
+            return
+        self.books.peaks_truncated += result.truncated_peaks
+        if delivery_id not in self.inflight:
+            return  # the writer acked first (nothing kept)
+        state.result = result
+        if not result.handed_to_writer:
+            await self._resend(state)
+
+    async def _resend(self, state: InFlight) -> None:
+        assert state.result is not None
+        state.result.handed_to_writer = True
+        writer = self.writers[state.result.delivery_id % len(self.writers)]
+        try:
+            await writer.submit.remote(state.result)
+        except Exception as exc:
+            if not is_actor_death(exc):
+                raise
+            state.result.handed_to_writer = False  # the health loop re-sends after replacing
+
+    def _reject(self, delivery_id: int, batch_id: str, num_events: int, reason: str) -> None:
+        self.books.batches_rejected += 1
+        self.books.events_rejected += num_events
+        self.books.rejections[_reason_kind(reason)] += 1
+        self.books.last_rejections.append({"batch_id": batch_id, "reason": reason})
+        self._finish(delivery_id)
+
+    def _finish(self, delivery_id: int) -> None:
+        state = self.inflight.pop(delivery_id, None)
+        if state is None:
+            return
+        self.books.batches_done += 1
+        self.books.latencies.append(time.monotonic() - state.taken_at)
+        self.credits.release()
+
+    # ------------------------------------------------------------------ acks
+
+    async def ack(self, acks: list[Ack]) -> None:
+        """A writer finished deliveries: every kept event is in a renamed file."""
+        for a in acks:
+            if a.delivery_id not in self.inflight:
+                continue
+            self.books.events_written += a.written
+            self.books.events_filtered += a.filtered
+            self.books.events_duplicate += a.duplicates
+            if a.rejected:
+                self.books.events_rejected += a.rejected
+                self.books.rejections[_reason_kind(a.reason or "rejected by the writer")] += 1
+                self.books.last_rejections.append({"delivery": a.delivery_id, "reason": a.reason})
+            self._finish(a.delivery_id)
+
+    # ------------------------------------------------------------------ health
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+            for i, writer in enumerate(list(self.writers)):
+                if await _dead(writer):
+                    await self._replace_writer(i, writer)
+            for i, finder in enumerate(list(self.finders)):
+                if await _dead(finder):
+                    self._replace_finder(i, finder)
+
+    def _replace_finder(self, index: int, dead: Any) -> None:
+        if self.finders[index] is not dead or (self.stopping and not self.inflight):
+            return
+        log.warning("finder %d is dead; starting a new one", index)
+        self.replacements["finder"] += 1
+        self.finders[index] = self._new_finder(index)
+
+    async def _replace_writer(self, index: int, dead: Any) -> None:
+        if self.writers[index] is not dead:
+            return
+        log.warning("writer %d is dead; starting a new one and re-sending its batches", index)
+        self.replacements["writer"] += 1
+        self.writers[index] = self._new_writer(index)
+        await asyncio.gather(
+            *(f.set_writers.remote(self.writers) for f in self.finders), return_exceptions=True
+        )
+        for state in list(self.inflight.values()):
+            r = state.result
+            if r is not None and r.delivery_id % len(self.writers) == index:
+                self._spawn(self._resend(state))
+
+    # ------------------------------------------------------------------ stats
+
+    async def stats(self) -> dict:
+        """Counts, queue depths and rates; `taken = done + in_flight` holds at every read."""
+        b = self.books
+        elapsed = time.monotonic() - self.started_mono
+        finders = await _gather_stats(self.finders)
+        writers = await _gather_stats(self.writers)
+        lat = sorted(b.latencies)
+        pending_events = sum(s.result.num_events for s in self.inflight.values() if s.result)
+        return {
+            "elapsed_s": elapsed,
+            "batches_taken": b.batches_taken,
+            "batches_done": b.batches_done,
+            "batches_rejected": b.batches_rejected,
+            "batches_abandoned": b.batches_abandoned,
+            "batches_in_flight": len(self.inflight),
+            "batches_at_finders": sum(1 for s in self.inflight.values() if s.result is None),
+            "events_seen": b.events_seen,
+            "events_written": b.events_written,
+            "events_filtered": b.events_filtered,
+            "events_rejected": b.events_rejected,
+            "events_duplicate": b.events_duplicate,
+            "events_pending": pending_events,
+            "peaks_truncated": b.peaks_truncated,
+            "rejections": dict(b.rejections),
+            "last_rejections": list(b.last_rejections),
+            "credits": self.config.processing.credits,
+            "credits_in_use": len(self.inflight),
+            "q2_depth": self.q2_depth,
+            "dead_shards": sorted(self.dead_shards),
+            "files": sum(w.get("files", 0) for w in writers),
+            "bytes_written": sum(w.get("bytes_written", 0) for w in writers),
+            "events_per_s": (b.events_written + b.events_filtered) / elapsed if elapsed else 0.0,
+            "latency_p50_s": _quantile(lat, 0.5),
+            "latency_p99_s": _quantile(lat, 0.99),
+            "finders": finders,
+            "writers": writers,
+            "replacements": dict(self.replacements),
+            "stopping": self.stopping,
+            "stop_reason": self.stop_reason,
+            "started_at": self.started_at,
+        }
+
+    async def _written_files(self) -> list[dict]:
+        files: list[dict] = []
+        for w in self.writers:
+            try:
+                files.extend(await w.written_files.remote())
+            except Exception as exc:  # a dead writer's list is gone; its files are on disk
+                log.warning("could not list a writer's files: %s", type(exc).__name__)
+        return files
+
+
+def _check_cpus(cfg: Config) -> None:
+    """Refuse actors that could never be scheduled, rather than wait for them forever."""
+    p = cfg.processing
+    wanted = p.num_finders * p.finder_num_cpus + cfg.output.num_writers * p.writer_num_cpus
+    have = ray.cluster_resources().get("CPU", 0.0)
+    if wanted > have:
+        raise RuntimeError(
+            f"{p.num_finders} finders x processing.finder_num_cpus = {p.finder_num_cpus:g} and "
+            f"{cfg.output.num_writers} writers x processing.writer_num_cpus = "
+            f"{p.writer_num_cpus:g} need {wanted:g} CPUs but the Ray cluster has {have:g}: "
+            "lower them (fractions are fine) or add nodes."
+        )
+
+
+async def _placed(actors: list[Any], cfg: Config, timeout: float = 120.0) -> None:
+    """Wait until every new actor answers; a clear sentence if Ray cannot place them."""
+    try:
+        await asyncio.wait_for(asyncio.gather(*(_await(a.ping.remote()) for a in actors)), timeout)
+    except asyncio.TimeoutError:
+        raise RuntimeError(
+            f"Ray did not start the finders and writers within {timeout:g} s: the cluster has "
+            f"{ray.available_resources().get('CPU', 0.0):g} CPUs free; check "
+            "processing.finder_num_cpus / writer_num_cpus and the scheduling options."
+        ) from None
+
+
+async def _await(ref: Any) -> Any:
+    return await ref
+
+
+async def _dead(actor: Any) -> bool:
+    try:
+        await asyncio.wait_for(_await(actor.ping.remote()), 30.0)
+        return False
+    except Exception as exc:
+        return is_actor_death(exc)
+
+
+async def _gather_stats(actors: list[Any]) -> list[dict]:
+    replies = await asyncio.gather(
+        *(asyncio.wait_for(_await(a.stats.remote()), 5.0) for a in actors),
+        return_exceptions=True,
+    )
+    return [r if isinstance(r, dict) else {"dead": True} for r in replies]
+
+
+def _quantile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"
+
+
+def _reason_kind(reason: str) -> str:
+    """A short key for counting rejections: the reason without the batch id prefix."""
+    text = reason.split(": ", 1)[1] if reason.startswith("batch ") and ": " in reason else reason
+    return text.split(":")[0][:80]

@@ -1,0 +1,101 @@
+"""Q2 shard actors: the same names and method contract as peaknet-pipeline-ray's RayQueue.
+
+Either side may start first: the producer creates-or-connects by name, and so does cxi_async.
+When cxi_async creates a shard it sets RAY_ENABLE_ZERO_COPY_TORCH_TENSORS in the shard's
+worker, so inline logits leave the shard as a zero-copy buffer instead of a pickled tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import ray
+
+from cxi_async.q2 import FifoShard, shard_names
+
+log = logging.getLogger(__name__)
+
+ZERO_COPY_ENV = {"RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1"}
+
+
+RemoteQ2Shard = ray.remote(num_cpus=0)(FifoShard)
+
+
+class Q2TopologyError(RuntimeError):
+    """Q2 is not where, or not shaped as, the configuration says."""
+
+
+def find_shard_indices(queue_name: str, namespace: str) -> list[int]:
+    """Indices of the shards `<queue_name>_shard_<i>` that exist now in `namespace`."""
+    prefix = f"{queue_name}_shard_"
+    found = []
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        name, ns = entry["name"], entry["namespace"]
+        if ns == namespace and name.startswith(prefix) and name[len(prefix) :].isdigit():
+            found.append(int(name[len(prefix) :]))
+    return sorted(found)
+
+
+def namespaces_holding(queue_name: str) -> list[str]:
+    """Namespaces in which some shard of `queue_name` exists (to explain a wrong namespace)."""
+    prefix = f"{queue_name}_shard_"
+    return sorted(
+        {
+            e["namespace"]
+            for e in ray.util.list_named_actors(all_namespaces=True)
+            if e["name"].startswith(prefix)
+        }
+    )
+
+
+def check_topology(queue_name: str, namespace: str, num_shards: int) -> None:
+    """Refuse a shard count that disagrees with shards that already exist."""
+    existing = find_shard_indices(queue_name, namespace)
+    if not existing:
+        elsewhere = [ns for ns in namespaces_holding(queue_name) if ns != namespace]
+        if elsewhere:
+            raise Q2TopologyError(
+                f"Q2 '{queue_name}' has no shards in namespace '{namespace}' but has some in "
+                f"{', '.join(repr(n) for n in elsewhere)}: set ray.namespace to the producer's "
+                "namespace."
+            )
+        return
+    if existing != list(range(len(existing))) or len(existing) != num_shards:
+        raise Q2TopologyError(
+            f"Q2 '{queue_name}' in namespace '{namespace}' has shards {existing} but "
+            f"queue.num_shards = {num_shards}: set it to the producer's runtime.queue_num_shards "
+            f'({len(existing)}) or to "auto".'
+        )
+
+
+def connect_shards(
+    queue_name: str,
+    namespace: str,
+    num_shards: int,
+    maxsize_per_shard: int,
+    zero_copy: bool = True,
+) -> list[Any]:
+    """Create-or-connect every shard, as the producer does; returns their handles."""
+    return [
+        _get_or_create(name, namespace, maxsize_per_shard, zero_copy)
+        for name in shard_names(queue_name, num_shards)
+    ]
+
+
+def _get_or_create(name: str, namespace: str, maxsize: int, zero_copy: bool) -> Any:
+    try:
+        return ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        pass
+    try:
+        handle = RemoteQ2Shard.options(
+            name=name,
+            namespace=namespace,
+            lifetime="detached",
+            runtime_env={"env_vars": ZERO_COPY_ENV} if zero_copy else None,
+        ).remote(maxsize=maxsize)
+        log.info("created Q2 shard %s in namespace %s (maxsize %d)", name, namespace, maxsize)
+        return handle
+    except ValueError:  # the producer created it between our two calls
+        return ray.get_actor(name, namespace=namespace)

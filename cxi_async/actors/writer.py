@@ -1,0 +1,327 @@
+"""Writer actor: results in, CXI files out, acks back to the drainer.
+
+Thin shell over `assembly.FileAssembler` (what goes in which file) and `cxi.write_cxi_file`
+(how a file is written). Images are read from the object store zero-copy when a file is
+written and each panel is copied once, straight into the frame buffer HDF5 writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxi_async import cxi
+from cxi_async.actors.common import is_actor_death, is_object_lost, setup_actor_logging
+from cxi_async.assembly import FileAssembler, FileBatch
+from cxi_async.config import Config
+from cxi_async.finding import Layouts
+from cxi_async.geometry import SlabLayout, write_slab_geom
+from cxi_async.messages import Ack, BatchResult
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 10.0
+
+
+class Writer:
+    """One writer of a run; several may share a directory (interleaved sequence numbers)."""
+
+    def __init__(
+        self,
+        config: Config,
+        index: int,
+        drainer: Any,
+        layout: SlabLayout | None,
+        output_dir: str,
+        run_label: str,
+    ) -> None:
+        setup_actor_logging(config)
+        out = config.output
+        self.config = config
+        self.index = index
+        self.drainer = drainer
+        self.layouts = Layouts(layout)
+        self.geom_written: set[tuple[int, int, int]] = set()
+        self.output_dir = Path(output_dir)
+        self.run_label = run_label
+        self.num_writers = out.num_writers
+        share = max(1, config.processing.credits // out.num_writers)
+        self.assembler = FileAssembler(
+            events_per_file=out.events_per_file,
+            max_file_age_s=out.max_file_age_s,
+            max_parked_deliveries=share,
+        )
+        self.inbox: asyncio.Queue[BatchResult] = asyncio.Queue(
+            maxsize=config.processing.writer_inbox
+        )
+        self.sequence = cxi.SequenceCounter(self.output_dir, out.file_prefix)
+        self.flush_requested = False
+        self.wake = asyncio.Event()
+        self.loop_task: asyncio.Task | None = None
+        self.write_task: asyncio.Task | None = None
+        self.retry_after = 0.0
+        self.files: list[dict] = []
+        self.events_written = 0
+        self.bytes_written = 0
+        self.write_seconds = 0.0
+        self.failures = 0
+        self.failing_since: float | None = None
+        self.attrs = {
+            "min_num_peak": config.peak_finding.min_num_peak,
+            "geometry_file": (layout.geom_file or "") if layout else "",
+            "geometry_sha256": (layout.geom_sha256 or "") if layout else "",
+            "batch_id_source": "peaknet-pipeline-ray Q2",
+        }
+
+    # ------------------------------------------------------------------ API
+
+    async def submit(self, result: BatchResult) -> None:
+        """Queue a finder's result; waiting here is the backpressure on finders."""
+        self._ensure_loop()
+        await self.inbox.put(result)
+
+    async def flush(self) -> None:
+        """Write everything held now (drain/stop), then return."""
+        self._ensure_loop()
+        self.flush_requested = True
+        self.wake.set()
+        while self.inbox.qsize() or self.assembler.pending_events or self._writing:
+            await asyncio.sleep(0.02)
+        self.flush_requested = False
+
+    async def stats(self) -> dict:
+        return {
+            "index": self.index,
+            "inbox": self.inbox.qsize(),
+            "pending_events": self.assembler.pending_events,
+            "open_deliveries": len(self.assembler.deliveries),
+            "files": len(self.files),
+            "events_written": self.events_written,
+            "bytes_written": self.bytes_written,
+            "write_seconds": self.write_seconds,
+            "duplicates": self.assembler.duplicates,
+            "write_failures": self.failures,
+            "failing": self.failing_since is not None,
+        }
+
+    async def written_files(self) -> list[dict]:
+        return list(self.files)
+
+    async def ping(self) -> int:
+        return self.index
+
+    # ------------------------------------------------------------------ loop
+
+    @property
+    def _writing(self) -> bool:
+        return self.write_task is not None
+
+    def _ensure_loop(self) -> None:
+        if self.loop_task is None:
+            self.loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        """Receive results while at most one file is being written in a worker thread."""
+        getter: asyncio.Task | None = None
+        while True:
+            if getter is None:
+                getter = asyncio.ensure_future(self.inbox.get())
+            waker = asyncio.ensure_future(self.wake.wait())
+            done, _ = await asyncio.wait(
+                {getter, waker}, timeout=self._timeout(), return_when=asyncio.FIRST_COMPLETED
+            )
+            waker.cancel()
+            self.wake.clear()
+            if getter in done:
+                acks = self.assembler.add(getter.result())
+                getter = None
+                await self._send_acks(acks)
+            if (
+                self.write_task is None
+                and time.monotonic() >= self.retry_after
+                and self.assembler.due(flush=self.flush_requested)
+            ):
+                self.write_task = asyncio.ensure_future(self._write_next())
+                self.write_task.add_done_callback(self._write_done)
+
+    def _timeout(self) -> float | None:
+        if self.write_task is not None:
+            return None  # _write_done wakes the loop
+        if self.assembler.retry:
+            return max(0.0, self.retry_after - time.monotonic())
+        return self.assembler.seconds_until_due()
+
+    def _write_done(self, task: asyncio.Task) -> None:
+        self.write_task = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "writer %d: unexpected error while writing a file",
+                self.index,
+                exc_info=task.exception(),
+            )
+        self.wake.set()
+
+    async def _write_next(self) -> None:
+        """Write one due file; on failure keep its events and retry with back-off."""
+        batch = self.assembler.take_file()
+        if batch is None:
+            return
+        images = await self._fetch_images(batch)
+        if not batch.events:
+            return
+        seq = self._next_sequence()
+        path = self.output_dir / cxi.cxi_file_name(
+            self.config.output.file_prefix, self.run_label, seq
+        )
+        events = cxi.CxiEvents.pack(
+            [_record(e) for e in batch.events], self.config.peak_finding.max_num_peak
+        )
+        t0 = time.perf_counter()
+        try:
+            await asyncio.to_thread(self._write_file, path, batch, events, images)
+        except Exception as exc:  # CxiWriteError, or a bug: either way the events stay
+            self._write_failed(batch, exc)
+            return
+        self._write_succeeded(path, batch, time.perf_counter() - t0)
+        await self._send_acks(self.assembler.file_written(batch))
+
+    def _write_file(
+        self, path: Path, batch: FileBatch, events: cxi.CxiEvents, images: dict[int, Any]
+    ) -> None:
+        first = batch.events[0]
+        layout = self.layouts.for_shape(first.num_panels, *first.panel_shape)
+        self._write_slab_geom(first.num_panels, first.panel_shape, layout)
+        missing = all(e.delivery_id not in images for e in batch.events)
+
+        def fill_frame(i: int, out: np.ndarray) -> None:
+            event = batch.events[i]
+            image = images.get(event.delivery_id)
+            if image is None:
+                out[...] = 0
+                return
+            c = event.num_panels
+            b = event.event.event_index
+            layout.assemble(image[b * c : (b + 1) * c, 0], out)
+
+        cxi.write_cxi_file(
+            path,
+            events,
+            layout.slab_shape,
+            None if missing else fill_frame,
+            compression=self.config.output.compression,
+            fsync=self.config.output.fsync,
+            attrs=self.attrs,
+            filtered_events=batch.filtered,
+        )
+
+    def _write_slab_geom(
+        self, num_panels: int, panel_shape: tuple[int, int], layout: SlabLayout
+    ) -> None:
+        """The geometry that indexes these files, written beside them once per layout."""
+        key = (num_panels, *panel_shape)
+        if key in self.geom_written:
+            return
+        path = self.output_dir / f"{self.config.output.file_prefix}.geom"
+        write_slab_geom(path, layout, self.config.geometry.geom_file)
+        self.geom_written.add(key)
+
+    async def _fetch_images(self, batch: FileBatch) -> dict[int, Any]:
+        """Images of the file's deliveries, zero-copy; lost ones are rejected (or zeroed)."""
+        refs: dict[int, Any] = {}
+        for event in batch.events:
+            if event.image and not event.images_missing:
+                refs.setdefault(event.delivery_id, event.image[0])
+        images: dict[int, Any] = {}
+        lost: dict[int, str] = {}
+        for delivery_id, ref in refs.items():
+            try:
+                images[delivery_id] = await ref
+            except Exception as exc:
+                if not is_object_lost(exc) and not is_actor_death(exc):
+                    raise
+                lost[delivery_id] = (
+                    f"the detector image is gone from the object store ({type(exc).__name__})"
+                )
+        if lost and self.config.processing.on_missing_image == "reject":
+            batch.events = [e for e in batch.events if e.delivery_id not in lost]
+            acks = []
+            for delivery_id, reason in lost.items():
+                log.error("delivery %d: %s; its events are rejected", delivery_id, reason)
+                ack = self.assembler.drop_events(delivery_id, reason)
+                if ack is not None:
+                    acks.append(ack)
+            await self._send_acks(acks)
+        elif lost:
+            for delivery_id, reason in lost.items():
+                log.warning(
+                    "delivery %d: %s; writing its events without images", delivery_id, reason
+                )
+        return images
+
+    def _next_sequence(self) -> int:
+        """Numbers of writer k are congruent to k modulo the number of writers."""
+        while True:
+            seq = self.sequence.next()
+            if seq % self.num_writers == self.index:
+                return seq
+
+    def _write_failed(self, batch: FileBatch, exc: Exception) -> None:
+        """Log a failure once (retries log at DEBUG until writing works again)."""
+        self.failures += 1
+        first = self.failing_since is None
+        if first:
+            self.failing_since = time.monotonic()
+        log.log(
+            logging.ERROR if first else logging.DEBUG,
+            "%s; keeping its %d events and retrying (credits are not released meanwhile)",
+            exc,
+            len(batch.events),
+            exc_info=not isinstance(exc, cxi.CxiWriteError),
+        )
+        self.assembler.file_failed(batch)
+        self.retry_after = time.monotonic() + min(
+            RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(batch.attempts - 1, 5)
+        )
+
+    def _write_succeeded(self, path: Path, batch: FileBatch, seconds: float) -> None:
+        if self.failing_since is not None:
+            log.info(
+                "writing works again after %.1f s: wrote %s",
+                time.monotonic() - self.failing_since,
+                path,
+            )
+            self.failing_since = None
+        size = path.stat().st_size
+        self.files.append({"path": str(path), "events": len(batch.events), "bytes": size})
+        self.events_written += len(batch.events)
+        self.bytes_written += size
+        self.write_seconds += seconds
+        log.debug(
+            "wrote %s (%d events, %.1f MB, %.2f s)", path, len(batch.events), size / 1e6, seconds
+        )
+
+    async def _send_acks(self, acks: list[Ack]) -> None:
+        if acks:
+            await self.drainer.ack.remote(acks)
+
+
+def _record(event: Any) -> cxi.EventRecord:
+    e = event.event
+    return cxi.EventRecord(
+        fs=e.fs,
+        ss=e.ss,
+        total_intensity=e.total_intensity,
+        npix=e.npix,
+        max_value=e.max_value,
+        panel=e.panel,
+        photon_energy_ev=e.photon_energy_ev,
+        timestamp=e.timestamp,
+        batch_id=event.batch_id,
+        event_index=e.event_index,
+    )

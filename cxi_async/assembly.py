@@ -1,0 +1,184 @@
+"""Which kept events go into which file, and when a delivery is finished.
+
+The writer actor's bookkeeping, without Ray or HDF5 so it can be tested exactly: events are
+deduplicated by (batch_id, event index), grouped into files of `events_per_file` (a file also
+closes on age, on request, or when every credit is parked in it), and a delivery is acked
+once each of its kept events is in a renamed file. A failed file goes back to the front.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cxi_async.messages import Ack, BatchResult, EventPeaks
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    """A kept event waiting for its file; its image stays behind the delivery's ref."""
+
+    delivery_id: int
+    batch_id: str
+    event: EventPeaks
+    image: list[Any]  # [ObjectRef] shared by the events of a delivery, or []
+    num_panels: int
+    panel_shape: tuple[int, int]
+    images_missing: bool
+
+
+@dataclass
+class FileBatch:
+    """The events of one file, in order, plus the filtered count it reports."""
+
+    events: list[PendingEvent]
+    filtered: int
+    attempts: int = 0
+
+
+@dataclass
+class _DeliveryState:
+    outstanding: int
+    written: int = 0
+    filtered: int = 0
+    duplicates: int = 0
+
+
+@dataclass
+class FileAssembler:
+    """Bookkeeping of one writer: open file, files being written, unfinished deliveries."""
+
+    events_per_file: int
+    max_file_age_s: float
+    max_parked_deliveries: int
+    clock: Callable[[], float] = time.monotonic
+    remember_batches: int = 100_000
+    open_events: list[PendingEvent] = field(default_factory=list)
+    open_filtered: int = 0
+    open_since: float | None = None
+    retry: list[FileBatch] = field(default_factory=list)
+    deliveries: dict[int, _DeliveryState] = field(default_factory=dict)
+    seen: OrderedDict[str, set[int]] = field(default_factory=OrderedDict)
+    duplicates: int = 0
+
+    def add(self, result: BatchResult) -> list[Ack]:
+        """Take a finder's result; returns the acks that are due at once."""
+        if result.delivery_id in self.deliveries:  # the same delivery sent twice
+            self.duplicates += len(result.kept)
+            return []
+        seen = self.seen.setdefault(result.batch_id, set())
+        self.seen.move_to_end(result.batch_id)
+        while len(self.seen) > self.remember_batches:
+            self.seen.popitem(last=False)
+        fresh = [e for e in result.kept if e.event_index not in seen]
+        seen.update(e.event_index for e in fresh)
+        dup = len(result.kept) - len(fresh)
+        self.duplicates += dup
+        state = _DeliveryState(outstanding=len(fresh), filtered=result.filtered, duplicates=dup)
+        self.open_filtered += result.filtered
+        if not fresh:
+            return [self._ack(result.delivery_id, state)]
+        self.deliveries[result.delivery_id] = state
+        if self.open_since is None:
+            self.open_since = self.clock()
+        for event in fresh:
+            self.open_events.append(
+                PendingEvent(
+                    result.delivery_id,
+                    result.batch_id,
+                    event,
+                    result.image,
+                    result.num_panels,
+                    tuple(result.panel_shape),
+                    result.images_missing,
+                )
+            )
+        return []
+
+    @property
+    def parked_deliveries(self) -> int:
+        """Deliveries whose events all wait in the open file (they hold credits)."""
+        return len({e.delivery_id for e in self.open_events})
+
+    def seconds_until_due(self) -> float | None:
+        """Time until the open file closes on age; None when it is empty."""
+        if self.open_since is None:
+            return None
+        return max(0.0, self.open_since + self.max_file_age_s - self.clock())
+
+    def due(self, flush: bool = False) -> bool:
+        """Whether a file should be written now."""
+        if self.retry:
+            return True
+        if not self.open_events:
+            return False
+        return (
+            flush
+            or len(self.open_events) >= self.events_per_file
+            or self.seconds_until_due() == 0.0
+            or self.parked_deliveries >= self.max_parked_deliveries
+        )
+
+    def take_file(self) -> FileBatch | None:
+        """The next file to write: a failed one first, else up to events_per_file events."""
+        if self.retry:
+            return self.retry.pop(0)
+        if not self.open_events:
+            return None
+        events = self.open_events[: self.events_per_file]
+        self.open_events = self.open_events[self.events_per_file :]
+        batch = FileBatch(events, self.open_filtered)
+        self.open_filtered = 0
+        self.open_since = self.clock() if self.open_events else None
+        return batch
+
+    def file_written(self, batch: FileBatch) -> list[Ack]:
+        """The file is renamed: count its events and ack the deliveries now complete."""
+        acks = []
+        for event in batch.events:
+            state = self.deliveries[event.delivery_id]
+            state.outstanding -= 1
+            state.written += 1
+            if state.outstanding == 0:
+                acks.append(self._ack(event.delivery_id, self.deliveries.pop(event.delivery_id)))
+        return acks
+
+    def file_failed(self, batch: FileBatch) -> None:
+        """Writing failed: keep the events and try the same file again first."""
+        batch.attempts += 1
+        self.retry.insert(0, batch)
+
+    def drop_events(self, delivery_id: int, reason: str) -> Ack | None:
+        """Take a delivery's events out of every pending file (e.g. its image is gone)."""
+        state = self.deliveries.pop(delivery_id, None)
+        if state is None:
+            return None
+        rejected = state.outstanding
+        self.open_events = [e for e in self.open_events if e.delivery_id != delivery_id]
+        for batch in self.retry:
+            batch.events = [e for e in batch.events if e.delivery_id != delivery_id]
+        self.retry = [b for b in self.retry if b.events]
+        return Ack(
+            delivery_id,
+            written=state.written,
+            filtered=state.filtered,
+            rejected=rejected,
+            duplicates=state.duplicates,
+            reason=reason,
+        )
+
+    @property
+    def pending_events(self) -> int:
+        return len(self.open_events) + sum(len(b.events) for b in self.retry)
+
+    @staticmethod
+    def _ack(delivery_id: int, state: _DeliveryState) -> Ack:
+        return Ack(
+            delivery_id,
+            written=state.written,
+            filtered=state.filtered,
+            duplicates=state.duplicates,
+        )

@@ -1,0 +1,180 @@
+"""One Q2 item in, one BatchResult out: the finder's work without Ray.
+
+Decode the item (q2), read its image, find peaks (peaks), keep the events with enough
+of them, and map the kept peaks onto the slab (geometry). The finder actor runs
+`BatchFinder.run` in a worker thread and passes `ray.get` as `fetch`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from cxi_async import peaks, q2
+from cxi_async.config import Config
+from cxi_async.geometry import GeometryMismatch, SlabLayout, load_layout
+from cxi_async.messages import BatchResult, EventPeaks
+
+log = logging.getLogger(__name__)
+
+
+class RefUnavailable(Exception):
+    """An ObjectRef of the item could not be resolved (its owner exited, object lost).
+
+    `fetch` callables raise it (the actor converts Ray's errors), so this module need not
+    know Ray's exception types.
+    """
+
+
+def load_slab_layout(config: Config) -> SlabLayout | None:
+    """The configured geometry, or None for panels stacked in order (known per batch)."""
+    if config.geometry.geom_file is None:
+        return None
+    return load_layout(config.geometry.geom_file)
+
+
+class Layouts:
+    """The configured slab layout, or stacked layouts made per data shape when there is none."""
+
+    def __init__(self, layout: SlabLayout | None) -> None:
+        self.layout = layout
+        self.stacked: dict[tuple[int, int, int], SlabLayout] = {}
+
+    def for_shape(self, num_panels: int, height: int, width: int) -> SlabLayout:
+        """The slab layout for this data shape; raises GeometryMismatch if it cannot fit."""
+        if self.layout is not None:
+            self.layout.check(num_panels, height, width)
+            return self.layout
+        key = (num_panels, height, width)
+        if key not in self.stacked:
+            self.stacked[key] = SlabLayout.stacked(num_panels, height, width)
+        return self.stacked[key]
+
+
+class BatchFinder:
+    """Everything a finder holds: settings and the geometry loaded once."""
+
+    def __init__(self, config: Config, layout: SlabLayout | None = None) -> None:
+        self.pf = config.peak_finding
+        self.on_missing_image = config.processing.on_missing_image
+        self.default_energy = config.output.photon_energy_ev
+        self.layouts = Layouts(layout if layout is not None else load_slab_layout(config))
+
+    def run(self, item: Any, delivery_id: int, fetch: Callable[[Any], Any]) -> BatchResult:
+        """Find and select the peaks of one item; a bad item becomes a rejected result."""
+        batch_id = _batch_id_of(item)
+        try:
+            batch = q2.decode_item(item, fetch)
+            q2.check_finite(batch)
+            b, c, h, w = batch.original_shape
+            layout = self.layouts.for_shape(c, h, w)
+        except (q2.MalformedItem, GeometryMismatch) as exc:
+            return _rejected(delivery_id, batch_id, str(exc))
+        except RefUnavailable as exc:
+            return _rejected(
+                delivery_id, batch_id, f"batch {batch_id}: predictions_ref is gone: {exc}"
+            )
+        image, images_missing, reason = self._image(batch, fetch)
+        if reason is not None:
+            return _rejected(delivery_id, batch.batch_id, reason, num_events=b)
+        t0 = time.perf_counter()
+        table = peaks.find_peaks(
+            batch.logits,
+            batch.original_shape,
+            bfloat16=batch.logits_kind == "bfloat16",
+            image=image,
+            connectivity=self.pf.connectivity,
+        )
+        selection = peaks.select_events(table, self.pf.min_num_peak, self.pf.max_num_peak)
+        kept = self._kept_events(batch, table, selection, layout)
+        return BatchResult(
+            delivery_id=delivery_id,
+            batch_id=batch.batch_id,
+            num_events=b,
+            kept=kept,
+            filtered=int(selection.filtered.size),
+            image=[] if images_missing else [batch.image_ref],
+            num_panels=c,
+            panel_shape=(h, w),
+            truncated_peaks=selection.total_truncated,
+            images_missing=images_missing,
+            find_seconds=time.perf_counter() - t0,
+        )
+
+    def _image(
+        self, batch: q2.DecodedBatch, fetch: Callable[[Any], Any]
+    ) -> tuple[np.ndarray | None, bool, str | None]:
+        """(image or None, written without images?, rejection reason or None)."""
+        if batch.image_ref is None:
+            return None, True, None
+        try:
+            image = q2.check_image(batch, fetch(batch.image_ref))
+        except q2.MalformedItem as exc:
+            return None, True, str(exc)
+        except RefUnavailable as exc:
+            if self.on_missing_image == "reject":
+                return None, True, f"batch {batch.batch_id}: the detector image is gone: {exc}"
+            log.warning(
+                "batch %s: the detector image is gone (%s); writing peaks only", batch.batch_id, exc
+            )
+            return None, True, None
+        return image, False, None
+
+    def _kept_events(
+        self,
+        batch: q2.DecodedBatch,
+        table: peaks.PeakTable,
+        selection: peaks.Selection,
+        layout: SlabLayout,
+    ) -> list[EventPeaks]:
+        rows = selection.peak_index
+        ss, fs = layout.to_slab(table.panel[rows], table.row[rows], table.col[rows])
+        columns = {
+            "fs": fs.astype(np.float32),
+            "ss": ss.astype(np.float32),
+            "total_intensity": table.total_intensity[rows],
+            "npix": table.npix[rows],
+            "max_value": table.max_value[rows],
+            "panel": table.panel[rows].astype(np.int16),
+        }
+        energy = batch.photon_energy_ev
+        default = self.default_energy if self.default_energy is not None else math.nan
+        kept = []
+        for i, b in enumerate(selection.kept.tolist()):
+            s = slice(int(selection.peak_offsets[i]), int(selection.peak_offsets[i + 1]))
+            e = float(energy[b])
+            kept.append(
+                EventPeaks(
+                    event_index=b,
+                    **{k: v[s] for k, v in columns.items()},
+                    photon_energy_ev=default if math.isnan(e) else e,
+                    timestamp=int(batch.timestamp[b]),
+                )
+            )
+        return kept
+
+
+def _batch_id_of(item: Any) -> str:
+    bid = getattr(item, "batch_id", None)
+    return bid if isinstance(bid, str) else f"<{type(item).__name__}>"
+
+
+def _rejected(delivery_id: int, batch_id: str, reason: str, num_events: int = 0) -> BatchResult:
+    log.error(
+        "rejected %s", reason if reason.startswith("batch") else f"batch {batch_id}: {reason}"
+    )
+    return BatchResult(
+        delivery_id=delivery_id,
+        batch_id=batch_id,
+        num_events=num_events,
+        kept=[],
+        filtered=0,
+        image=[],
+        num_panels=0,
+        rejected=reason,
+    )

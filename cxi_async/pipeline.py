@@ -1,0 +1,173 @@
+"""`Pipeline`: start, watch and stop cxi_async from Python.
+
+    async with await Pipeline.start("config.toml") as pipeline:
+        print(await pipeline.stats())
+        final = await pipeline.wait()
+
+The driver only holds handles: the drainer actor (named `cxi_async_drainer:<queue>` in the
+configured namespace) owns the finders and writers and keeps the books.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from cxi_async.config import Config, load_config
+
+log = logging.getLogger(__name__)
+
+
+class PipelineError(RuntimeError):
+    """The pipeline could not start (cluster, queue topology, output, geometry)."""
+
+
+def drainer_name(config: Config) -> str:
+    return f"cxi_async_drainer:{config.queue.name}"
+
+
+def output_location(config: Config, started: float | None = None) -> tuple[Path, str]:
+    """(directory, run label): `<output_dir>/<run>` when a run is named, else the start time."""
+    out = config.output
+    if out.run is not None:
+        return Path(out.output_dir) / out.run, out.run
+    label = time.strftime("%Y%m%dT%H%M%S", time.localtime(started or time.time()))
+    return Path(out.output_dir), label
+
+
+def connect_ray(config: Config) -> None:
+    """Attach to `ray.address`, or start a local Ray (the embedded default)."""
+    if ray.is_initialized():
+        return
+    rc = config.ray
+    kwargs: dict[str, Any] = {"namespace": rc.namespace, "log_to_driver": True}
+    if rc.address is None:
+        kwargs["address"] = "local"
+        kwargs["include_dashboard"] = False
+        if rc.num_cpus is not None:
+            kwargs["num_cpus"] = rc.num_cpus
+        if rc.object_store_memory_gb is not None:
+            kwargs["object_store_memory"] = int(rc.object_store_memory_gb * 2**30)
+    else:
+        kwargs["address"] = rc.address
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = rc.address or "a local Ray"
+        raise PipelineError(f"could not connect to Ray at {where} (ray.address): {exc}") from exc
+
+
+class Pipeline:
+    """A running cxi_async pipeline: the drainer's handle plus the optional replay producer."""
+
+    def __init__(self, config: Config, drainer: Any, output_dir: Path) -> None:
+        self.config = config
+        self.drainer = drainer
+        self.output_dir = output_dir
+        self.producer: Any = None
+        self.producer_run: Any = None
+        self.watch_task: asyncio.Task | None = None
+
+    @classmethod
+    async def start(
+        cls, config: Config | str | os.PathLike | None = None, overrides: Sequence[str] = ()
+    ) -> Pipeline:
+        """Connect to Ray (or start it), create the actors and start draining Q2."""
+        if not isinstance(config, Config):
+            config = load_config(config, overrides)
+        connect_ray(config)
+        output_dir, run_label = output_location(config)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        from cxi_async.actors.drainer import Drainer
+
+        name = drainer_name(config)
+        try:
+            ray.get_actor(name, namespace=config.ray.namespace)
+            raise PipelineError(
+                f"a cxi_async pipeline for Q2 '{config.queue.name}' is already running in "
+                f"namespace '{config.ray.namespace}' (actor {name}): stop it first."
+            )
+        except ValueError:
+            pass
+        drainer = (
+            ray.remote(Drainer)
+            .options(name=name, namespace=config.ray.namespace, num_cpus=0, max_restarts=0)
+            .remote(config, str(output_dir.resolve()), run_label)
+        )
+        pipeline = cls(config, drainer, output_dir)
+        try:
+            started = await drainer.start.remote()
+        except Exception as exc:
+            ray.kill(drainer)
+            raise PipelineError(_cause(exc)) from exc
+        if config.replay.enabled:
+            pipeline._start_replay(started["num_shards"])
+        return pipeline
+
+    def _start_replay(self, num_shards: int) -> None:
+        from cxi_async.replay import new_replay_producer
+
+        self.producer = new_replay_producer(self.config, num_shards)
+        self.producer_run = self.producer.run.remote()
+        self.watch_task = asyncio.get_running_loop().create_task(self._stop_after_replay())
+
+    async def _stop_after_replay(self) -> None:
+        """With replay, the run ends when everything the producer put has been drained."""
+        try:
+            await self.producer_run
+        except Exception as exc:
+            log.error("the replay producer failed: %s", _cause(exc))
+        await self.drainer.stop_when_empty.remote("replay finished and Q2 drained")
+
+    async def stats(self) -> dict:
+        return await self.drainer.stats.remote()
+
+    async def wait(self) -> dict:
+        """Until the pipeline stops by itself (idle, max_batches, replay done); final stats."""
+        final = await self.drainer.wait_finished.remote()
+        await self._cleanup()
+        return final
+
+    async def drain_and_stop(self) -> dict:
+        """Stop taking from Q2, finish and flush everything in flight, stop the actors."""
+        final = await self.drainer.drain_and_stop.remote("asked to drain and stop")
+        await self._cleanup()
+        return final
+
+    async def stop(self) -> dict:
+        """Stop now; batches in flight are not written (they are counted as abandoned)."""
+        final = await self.drainer.stop.remote("asked to stop")
+        await self._cleanup()
+        return final
+
+    async def _cleanup(self) -> None:
+        if self.watch_task is not None:
+            self.watch_task.cancel()
+        if self.producer is not None:
+            ray.kill(self.producer)
+            self.producer = None
+        ray.kill(self.drainer)
+
+    async def __aenter__(self) -> Pipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(ray.exceptions.RayActorError):
+            await self.drain_and_stop()
+
+
+def _cause(exc: BaseException) -> str:
+    """The one sentence worth showing from a Ray task error: its cause's message."""
+    cause = exc
+    while getattr(cause, "cause", None) is not None and cause.cause is not cause:
+        cause = cause.cause
+    text = str(cause).strip().splitlines()
+    return text[-1] if text else type(cause).__name__

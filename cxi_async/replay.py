@@ -1,0 +1,154 @@
+"""The built-in synthetic Q2 producer (demo, tests, bench).
+
+A Ray actor that behaves like peaknet-pipeline-ray's output side: it creates-or-connects the
+shards `<queue>_shard_<i>` in the namespace, `ray.put`s each batch's image (so it owns the
+image refs, as the producer's actors do), and puts `PipelineOutput`-shaped items round-robin,
+retrying while every shard is full. Batches come from `cxi_async.synthetic`, deterministic
+in (seed, index), so a test can recompute the ground truth of every batch it sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+
+import ray
+
+from cxi_async.actors.common import setup_actor_logging
+from cxi_async.actors.q2_shard import ZERO_COPY_ENV, connect_shards
+from cxi_async.config import Config
+from cxi_async.synthetic import SyntheticBatch, SyntheticSpec, make_batch
+
+log = logging.getLogger(__name__)
+
+FULL_RETRY_S = 0.005
+
+
+def replay_spec(config: Config) -> SyntheticSpec:
+    return SyntheticSpec.from_replay(config.replay, config.peak_finding.min_num_peak)
+
+
+def replay_batch(config: Config, index: int) -> SyntheticBatch:
+    """Batch `index` exactly as the replay producer sends it (ground truth for tests)."""
+    spec = replay_spec(config)
+    unique = config.replay.unique_batches
+    source = make_batch(spec, index % unique if unique else index)
+    if source.batch_id == _batch_id(spec, index):
+        return source
+    bid = _batch_id(spec, index)
+    return replace(source, batch_id=bid, truth=[replace(t, batch_id=bid) for t in source.truth])
+
+
+def _batch_id(spec: SyntheticSpec, index: int) -> str:
+    return f"synthetic-{spec.seed}-{index:06d}"
+
+
+class ReplayProducer:
+    """Puts `replay.num_batches` synthetic batches into Q2, then reports what it put."""
+
+    def __init__(self, config: Config, num_shards: int) -> None:
+        setup_actor_logging(config)
+        self.config = config
+        self.num_shards = num_shards
+        self.put_count = 0
+        self.put_seconds = 0.0
+        self.generate_seconds = 0.0
+        self.done = False
+        self.cache: dict[int, tuple[SyntheticBatch, Any]] = {}
+
+    async def run(self) -> dict:
+        cfg = self.config
+        rp = cfg.replay
+        shards = await asyncio.to_thread(
+            connect_shards,
+            cfg.queue.name,
+            cfg.ray.namespace,
+            self.num_shards,
+            cfg.queue.maxsize_per_shard,
+            zero_copy=rp.zero_copy,
+        )
+        turn = 0
+        period = rp.batch_size / rp.producer_rate_hz if rp.producer_rate_hz else 0.0
+        next_time = time.monotonic()
+        for index in range(rp.num_batches):
+            item = await self._item(index)
+            if period:
+                await asyncio.sleep(max(0.0, next_time - time.monotonic()))
+                next_time += period
+            t0 = time.perf_counter()
+            turn = await self._put(shards, item, turn)
+            self.put_seconds += time.perf_counter() - t0
+            self.put_count += 1
+        self.done = True
+        log.info("replay put %d batches into %s", self.put_count, cfg.queue.name)
+        return await self.summary()
+
+    async def summary(self) -> dict:
+        return {
+            "batches_put": self.put_count,
+            "done": self.done,
+            "put_seconds": self.put_seconds,
+            "generate_seconds": self.generate_seconds,
+        }
+
+    async def _item(self, index: int) -> Any:
+        """The item for batch `index`; reused sources keep their image ref (put once)."""
+        unique = self.config.replay.unique_batches
+        key = index % unique if unique else index
+        if key not in self.cache:
+            t0 = time.perf_counter()
+            batch = await asyncio.to_thread(make_batch, replay_spec(self.config), key)
+            image_ref = ray.put(batch.image)
+            self.generate_seconds += time.perf_counter() - t0
+            if not unique:
+                return self._to_item(batch, image_ref, _batch_id_for(self.config, index))
+            self.cache[key] = (batch, image_ref)
+        batch, image_ref = self.cache[key]
+        return self._to_item(batch, image_ref, _batch_id_for(self.config, index))
+
+    def _to_item(self, batch: SyntheticBatch, image_ref: Any, batch_id: str) -> Any:
+        if self.config.replay.transport == "ref":
+            logits = batch.predictions_tensor()
+            array = logits.numpy() if str(logits.dtype) != "torch.bfloat16" else logits
+            item = batch.to_item(image_ref=image_ref, predictions_ref=ray.put(array), inline=False)
+        else:
+            item = batch.to_item(image_ref=image_ref)
+        item.batch_id = batch_id
+        return item
+
+    async def _put(self, shards: list[Any], item: Any, turn: int) -> int:
+        """Round-robin like the producer's ShardedQueueManager; wait while all are full."""
+        n = len(shards)
+        delay = FULL_RETRY_S
+        while True:
+            for k in range(n):
+                i = (turn + k) % n
+                if await shards[i].put.remote(item):
+                    return i + 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+
+def _batch_id_for(config: Config, index: int) -> str:
+    return _batch_id(replay_spec(config), index)
+
+
+def new_replay_producer(config: Config, num_shards: int) -> Any:
+    """The producer actor, with zero-copy tensor serialisation when replay.zero_copy is set."""
+    env = {"env_vars": ZERO_COPY_ENV} if config.replay.zero_copy else {}
+    return (
+        ray.remote(ReplayProducer).options(num_cpus=0, runtime_env=env).remote(config, num_shards)
+    )
+
+
+def truth_for(config: Config, batch_ids: set[str] | None = None) -> dict[str, SyntheticBatch]:
+    """Ground truth of every replayed batch by batch_id (tests, bench)."""
+    out = {}
+    for index in range(config.replay.num_batches):
+        batch = replay_batch(config, index)
+        if batch_ids is None or batch.batch_id in batch_ids:
+            out[batch.batch_id] = batch
+    return out
