@@ -321,11 +321,11 @@ class Drainer:
         its producer waits for it (use queue.wait_for_producer_s to bound that wait).
         """
         timeout = self.config.stop.idle_timeout_s
+        if self.stop_when_empty_reason is not None:  # nothing more will come: drain now
+            self._begin_stop(self.stop_when_empty_reason)
+            return
         if self.inflight:
             self.idle_since = None
-            return
-        if self.stop_when_empty_reason is not None:
-            self._begin_stop(self.stop_when_empty_reason)
             return
         if self.books.batches_taken == 0:
             return

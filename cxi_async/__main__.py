@@ -1,0 +1,174 @@
+"""Command line: `python -m cxi_async [run] config.toml [--set key=value ...]`.
+
+Other commands (`check`, `status`, `health`) live in `cxi_async.commands`; this module parses
+arguments, sets up logging, runs the pipeline with a live progress line, stops it gracefully
+on Ctrl+C / SIGTERM (a second one aborts), and prints a summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+from cxi_async import __version__
+from cxi_async.config import Config, ConfigError, load_config
+from cxi_async.summary import format_progress, format_summary
+
+log = logging.getLogger("cxi_async")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_START = 3
+EXIT_ABORTED = 130
+
+COMMANDS = ("run", "check", "status", "health")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cxi_async",
+        description=(
+            "Drain PeakNet results from the sharded Ray queue Q2, find Bragg peaks and write "
+            "CXI files CrystFEL indexes as they are. With the top-level config.toml it starts "
+            "a local Ray and replays synthetic ePix10k2M batches."
+        ),
+        epilog=(
+            "commands: run (default) | check [--pipeline-config pipeline.yaml] config.toml | "
+            "status config.toml | health config.toml. "
+            "`python -m cxi_async <command> --help` for each."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"cxi_async {__version__}")
+    add_config_arguments(parser)
+    return parser
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="TOML configuration file (see config.toml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting, e.g. --set processing.num_finders=4 (repeatable)",
+    )
+
+
+def setup_logging(config: Config) -> None:
+    """Driver logging per system.log_level / log_file; actors log through Ray to here."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(config.system.log_level)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if config.system.log_file:
+        handlers.append(logging.FileHandler(config.system.log_file))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS and argv[0] != "run":
+        from cxi_async import commands
+
+        return commands.main(argv[0], argv[1:])
+    if argv and argv[0] == "run":
+        argv = argv[1:]
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"cxi_async: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(config)
+    try:
+        return asyncio.run(run(config))
+    except KeyboardInterrupt:
+        return EXIT_ABORTED
+
+
+async def run(config: Config) -> int:
+    """Start, show progress, stop on a signal or by itself, print the summary."""
+    from cxi_async.pipeline import Pipeline, PipelineError
+
+    t0 = time.monotonic()
+    try:
+        pipeline = await Pipeline.start(config)
+    except PipelineError as exc:
+        print(f"cxi_async: {exc}", file=sys.stderr)
+        return EXIT_START
+    log.info("started in %.1f s; writing to %s", time.monotonic() - t0, pipeline.output_dir)
+    signals = _SignalState(asyncio.get_running_loop())
+    progress = asyncio.get_running_loop().create_task(_progress(pipeline, config))
+    waiter = asyncio.ensure_future(pipeline.wait())
+    try:
+        stopper = asyncio.ensure_future(signals.first.wait())
+        done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if waiter in done:
+            final = waiter.result()
+        else:
+            log.info("%s: finishing what is in flight (again to abort)", signals.name)
+            drain = asyncio.ensure_future(pipeline.drain_and_stop())
+            abort = asyncio.ensure_future(signals.second.wait())
+            done, _ = await asyncio.wait({drain, abort}, return_when=asyncio.FIRST_COMPLETED)
+            if drain in done:
+                final = drain.result()
+            else:
+                log.warning("%s again: aborting; batches in flight are not written", signals.name)
+                drain.cancel()
+                final = await pipeline.stop()
+                print(format_summary(final))
+                return EXIT_ABORTED
+        waiter.cancel()
+    finally:
+        progress.cancel()
+        signals.restore()
+    print(format_summary(final))
+    return EXIT_OK
+
+
+class _SignalState:
+    """SIGINT/SIGTERM: the first asks for a graceful stop, the second aborts."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.first = asyncio.Event()
+        self.second = asyncio.Event()
+        self.name = ""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._received, sig)
+
+    def _received(self, sig: signal.Signals) -> None:
+        self.name = sig.name
+        if self.first.is_set():
+            self.second.set()
+        self.first.set()
+
+    def restore(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.loop.remove_signal_handler(sig)
+
+
+async def _progress(pipeline: object, config: Config) -> None:
+    """A progress line every system.progress_interval_s."""
+    previous: dict | None = None
+    while True:
+        await asyncio.sleep(config.system.progress_interval_s)
+        try:
+            stats = await pipeline.stats()  # type: ignore[attr-defined]
+        except Exception:  # the pipeline is stopping
+            return
+        log.info("%s", format_progress(stats, previous))
+        previous = stats
+
+
+if __name__ == "__main__":
+    sys.exit(main())
