@@ -1,11 +1,364 @@
-"""Commands besides `run`: check, status, health (see `python -m cxi_async <command> --help`)."""
+"""Commands besides `run`: check, status, health (see `python -m cxi_async <command> --help`).
+
+- `check` validates a configuration without Ray: the settings, the geometry, the output
+  directory and, with `--pipeline-config`, the settings the producer's YAML must share.
+- `status` attaches to the running pipeline's Ray cluster and prints the drainer's stats.
+- `health` does the same and answers with an exit code, for cron jobs and probes.
+
+Exit codes: 0 fine, 1 a mismatch / no pipeline / unhealthy, 2 a configuration error.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+from cxi_async.config import Config, ConfigError, load_config
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+STATS_TIMEOUT_S = 15.0
+DEFAULT_STALL_S = 60.0
+
+
+class PipelineNotReachable(RuntimeError):
+    """No Ray cluster, no drainer actor, or a drainer that does not answer."""
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    descriptions = {
+        "check": (
+            "Validate a configuration (settings, geometry, output directory) without starting "
+            "anything; with --pipeline-config also compare it with the producer's YAML."
+        ),
+        "status": "Print the running pipeline's progress and counts (from its drainer actor).",
+        "health": (
+            "Exit 0 when the running pipeline is healthy, 1 with one sentence when it is not "
+            "(unreachable, a dead finder or writer, or stalled with every credit in use)."
+        ),
+    }
+    parser = argparse.ArgumentParser(
+        prog=f"python -m cxi_async {command}", description=descriptions[command]
+    )
+    parser.add_argument("config", help="TOML configuration file (see config.toml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting, e.g. --set queue.num_shards=4 (repeatable)",
+    )
+    if command == "check":
+        parser.add_argument(
+            "--pipeline-config",
+            metavar="PIPELINE_YAML",
+            help="peaknet-pipeline-ray YAML whose Q2 settings must match this configuration",
+        )
+    if command == "status":
+        parser.add_argument("--json", action="store_true", help="print the stats as JSON")
+    if command == "health":
+        parser.add_argument(
+            "--stall-s",
+            type=_positive_seconds,
+            default=DEFAULT_STALL_S,
+            metavar="SECONDS",
+            help="unhealthy when every credit is in use and nothing was acknowledged for "
+            f"this long (default {DEFAULT_STALL_S:g})",
+        )
+    return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be > 0")
+    return value
 
 
 def main(command: str, argv: Sequence[str]) -> int:
-    print(f"cxi_async: the {command} command is not available yet", file=sys.stderr)
-    return 2
+    """Entry point used by `python -m cxi_async <command> ...`; returns the exit code."""
+    args = build_parser(command).parse_args(list(argv))
+    try:
+        # status/health may run on a host that cannot see the output directory.
+        config = load_config(args.config, args.overrides, check_paths=command == "check")
+    except ConfigError as exc:
+        _error(str(exc))
+        return EXIT_CONFIG
+    if command == "check":
+        return check(config, args.config, args.pipeline_config)
+    if command == "status":
+        return status(config, as_json=args.json)
+    return health(config, stall_s=args.stall_s)
+
+
+def _error(message: str) -> None:
+    print(f"cxi_async: {message}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- check
+
+
+def check(config: Config, config_path: str, pipeline_config: str | None = None) -> int:
+    """Print what the configuration resolves to; compare with the producer's YAML if given."""
+    from cxi_async.geometry import GeometryError, SlabLayout, load_layout
+    from cxi_async.producer_config import ProducerConfigError, check_producer_config
+
+    print(f"{config_path}: valid")
+    ok = True
+    r = config.replay
+    layout: SlabLayout | None = None
+    if config.geometry.geom_file is not None:
+        try:
+            layout = load_layout(config.geometry.geom_file)
+        except GeometryError as exc:
+            _error(f"geometry.geom_file: {_sentence(exc)}")
+            return EXIT_CONFIG
+        print(f"geometry: {layout.geom_file}: {_layout_text(layout)}")
+        if r.enabled:
+            try:
+                layout.check(r.num_panels, *r.panel_shape)
+                print(f"✓ replay.num_panels and replay.panel_shape fit {layout.describe()}")
+            except GeometryError as exc:
+                print(f"✗ replay: {_sentence(exc)}")
+                ok = False
+    elif r.enabled:
+        stacked = SlabLayout.stacked(r.num_panels, *r.panel_shape)
+        print(f"geometry: none, panels stacked along the slow scan: {_layout_text(stacked)}")
+    else:
+        print("geometry: none, panels stacked along the slow scan (slab shape follows the data)")
+
+    print(f"output: {_output_text(config)}")
+    rc = config.ray
+    where = f"ray.address = {rc.address}" if rc.address else "a local Ray (ray.address not set)"
+    shards = config.queue.num_shards
+    print(
+        f"queue: Q2 '{config.queue.name}', {shards} shard{'s' if shards != 1 else ''}, "
+        f"namespace '{rc.namespace}', on {where}"
+    )
+
+    if pipeline_config is not None:
+        try:
+            checks = check_producer_config(config, pipeline_config)
+        except ProducerConfigError as exc:
+            _error(str(exc))
+            return EXIT_CONFIG
+        print(f"producer configuration {pipeline_config}:")
+        for c in checks:
+            print(f"  {c.line()}")
+        ok = ok and all(c.ok for c in checks)
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _layout_text(layout: Any) -> str:
+    h, w = layout.panel_shape
+    ss, fs = layout.slab_shape
+    return f"{layout.num_panels} panels of {h} x {w} -> slab {ss} x {fs}"
+
+
+def _output_text(config: Config) -> str:
+    from cxi_async.pipeline import output_location
+
+    directory, _ = output_location(config)
+    resolved = directory.resolve()
+    state = "exists" if resolved.is_dir() else "will be created"
+    label = "" if config.output.run else "; files are labelled with the start time"
+    return f"{resolved} ({state}{label})"
+
+
+def _sentence(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text if text.endswith(".") else text + "."
+
+
+# --------------------------------------------------------------------------- status / health
+
+
+def fetch_stats(config: Config, timeout_s: float = STATS_TIMEOUT_S) -> dict:
+    """Attach to the pipeline's Ray cluster (if not attached), ask the drainer for stats.
+
+    Raises PipelineNotReachable with the sentence to show. Disconnects again when it was
+    this call that connected.
+    """
+    import ray
+
+    connected_here = False
+    if not ray.is_initialized():
+        address = config.ray.address or "auto"
+        try:
+            ray.init(
+                address=address,
+                namespace=config.ray.namespace,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = (
+                f"ray.address = {config.ray.address}"
+                if config.ray.address
+                else "this host (ray.address is not set, so cxi_async looked for a local one)"
+            )
+            raise PipelineNotReachable(
+                f"no cxi_async pipeline for Q2 '{config.queue.name}' is running: found no Ray "
+                f"cluster at {where} ({_first_line(exc)})"
+            ) from None
+        connected_here = True
+    try:
+        return _ask_drainer(config, timeout_s)
+    finally:
+        if connected_here:
+            ray.shutdown()
+
+
+def _ask_drainer(config: Config, timeout_s: float) -> dict:
+    import ray
+
+    from cxi_async.pipeline import drainer_name
+
+    name = drainer_name(config)
+    namespace = config.ray.namespace
+    try:
+        drainer = ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        raise PipelineNotReachable(
+            f"no cxi_async pipeline for Q2 '{config.queue.name}' is running in namespace "
+            f"'{namespace}'{_elsewhere(name, namespace)}"
+        ) from None
+    try:
+        return ray.get(drainer.stats.remote(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise PipelineNotReachable(
+            f"the cxi_async drainer {name} in namespace '{namespace}' did not answer within "
+            f"{timeout_s:g} s"
+        ) from None
+    except ray.exceptions.RayActorError:
+        raise PipelineNotReachable(
+            f"the cxi_async drainer {name} in namespace '{namespace}' is dead"
+        ) from None
+
+
+def _elsewhere(name: str, namespace: str) -> str:
+    """A hint when the drainer runs in another namespace, or drains another queue."""
+    import ray
+
+    try:
+        actors = ray.util.list_named_actors(all_namespaces=True)
+    except Exception:  # only a hint
+        return ""
+    other_ns = sorted({a["namespace"] for a in actors if a["name"] == name})
+    if other_ns:
+        return f" (there is one in namespace '{other_ns[0]}': set ray.namespace)"
+    prefix = name.split(":", 1)[0] + ":"
+    queues = sorted(
+        a["name"][len(prefix) :]
+        for a in actors
+        if a["namespace"] == namespace and a["name"].startswith(prefix)
+    )
+    if queues:
+        return f" (there is one for Q2 '{queues[0]}': set queue.name)"
+    return ""
+
+
+def status(config: Config, *, as_json: bool = False) -> int:
+    try:
+        stats = fetch_stats(config)
+    except PipelineNotReachable as exc:
+        _error(str(exc))
+        return EXIT_FAILED
+    if as_json:
+        print(json.dumps(stats, indent=2, sort_keys=True, default=str))
+        return EXIT_OK
+    from cxi_async.summary import format_progress, format_summary
+
+    state = f"stopping: {stats.get('stop_reason')}" if stats.get("stopping") else "running"
+    print(
+        f"cxi_async pipeline for Q2 '{config.queue.name}' in namespace "
+        f"'{config.ray.namespace}': {state}, {stats['elapsed_s']:.1f} s"
+    )
+    print(format_progress(stats))
+    print(format_summary(stats))
+    return EXIT_OK
+
+
+def health(config: Config, *, stall_s: float = DEFAULT_STALL_S) -> int:
+    try:
+        stats = fetch_stats(config)
+    except PipelineNotReachable as exc:
+        print(f"unhealthy: {exc}")
+        return EXIT_FAILED
+    ok, reason = assess_health(stats, stall_s)
+    print(f"{'healthy' if ok else 'unhealthy'}: {reason}")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def assess_health(stats: dict, stall_s: float) -> tuple[bool, str]:
+    """(healthy, one sentence) from one drainer stats dict.
+
+    Unhealthy: a finder or writer that does not answer (`{"dead": True}`), a writer whose
+    writes keep failing, a Q2 shard that does not answer, or a stall: every credit in use
+    and no batch finished for `stall_s` (from the drainer's `seconds_since_last_ack`).
+    """
+    problems: list[str] = []
+    for group, kind in (("finders", "finder"), ("writers", "writer")):
+        actors = stats.get(group) or []
+        dead = [i for i, a in enumerate(actors) if a.get("dead")]
+        if dead:
+            problems.append(f"{_count(kind, dead)} of {len(actors)} {_do(dead)} not answer")
+    failing = [i for i, w in enumerate(stats.get("writers") or []) if w.get("failing")]
+    if failing:
+        problems.append(f"{_count('writer', failing)} cannot write files (retrying)")
+    shards = list(stats.get("dead_shards") or [])
+    if shards:
+        problems.append(f"{_count('Q2 shard', shards)} {_do(shards)} not answer")
+
+    in_use, credits = stats.get("credits_in_use", 0), stats.get("credits", 0)
+    since = stats.get("seconds_since_last_ack")
+    exhausted = credits > 0 and in_use >= credits
+    if exhausted and since is not None and since >= stall_s:
+        problems.append(
+            f"stalled: all {credits} credits are in use and no batch was finished for "
+            f"{since:.0f} s (--stall-s {stall_s:g})"
+        )
+    if problems:
+        return False, "; ".join(problems) + "."
+
+    done = stats.get("events_written", 0) + stats.get("events_filtered", 0)
+    parts = [
+        f"{stats.get('events_written', 0)} events written",
+        f"{done / stats['elapsed_s']:.1f} events/s" if stats.get("elapsed_s") else None,
+        f"credits {in_use}/{credits}",
+        f"Q2 depth {stats.get('q2_depth', 0)}",
+        f"last batch finished {since:.0f} s ago" if since is not None else None,
+        f"stopping ({stats.get('stop_reason')})" if stats.get("stopping") else None,
+    ]
+    text = ", ".join(p for p in parts if p)
+    if since is None and exhausted:
+        text += " (stall not assessed: the drainer does not report seconds_since_last_ack)"
+    return True, text + "."
+
+
+def _count(kind: str, indices: list[int]) -> str:
+    if len(indices) == 1:
+        return f"{kind} {indices[0]}"
+    return f"{kind}s {', '.join(str(i) for i in indices)}"
+
+
+def _do(indices: list[int]) -> str:
+    return "does" if len(indices) == 1 else "do"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__).rstrip(".")

@@ -26,6 +26,7 @@ from msgspec import inspect as mi
 __all__ = [
     "Config",
     "ConfigError",
+    "DebugConfig",
     "GeometryConfig",
     "OutputConfig",
     "PeakFindingConfig",
@@ -162,6 +163,13 @@ class ReplayConfig(_Section):
     unique_batches: Count | None = None  # generate this many, then replay them with new ids
 
 
+class DebugConfig(_Section):
+    """Fault-injection drills (tests, fire drills); leave at 0 in production."""
+
+    write_delay_s: NonNegSeconds = 0.0  # extra seconds before each CXI file is written
+    find_delay_s: NonNegSeconds = 0.0  # extra seconds in each finder batch
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """The whole configuration; ``Config()`` is the all-defaults one."""
 
@@ -174,6 +182,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     system: SystemConfig = msgspec.field(default_factory=SystemConfig)
     stop: StopConfig = msgspec.field(default_factory=StopConfig)
     replay: ReplayConfig = msgspec.field(default_factory=ReplayConfig)
+    debug: DebugConfig = msgspec.field(default_factory=DebugConfig)
 
 
 # --------------------------------------------------------------------------- schema helpers

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,12 @@ from typing import Any
 import ray
 
 from cxi_async.actors.common import is_actor_death, setup_actor_logging
-from cxi_async.actors.q2_shard import check_topology, connect_shards, find_shard_indices
+from cxi_async.actors.q2_shard import (
+    check_topology,
+    connect_shards,
+    find_shard_indices,
+    wrong_namespace_hint,
+)
 from cxi_async.config import Config
 from cxi_async.finding import load_slab_layout
 from cxi_async.messages import EMPTY, SHARD_GONE, Ack, BatchResult, Delivery
@@ -92,6 +98,7 @@ class Drainer:
         self.replacements = collections.Counter()
         self.dead_shards: dict[int, float] = {}
         self.q2_depth = 0
+        self.last_progress = time.monotonic()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -141,6 +148,9 @@ class Drainer:
             if found:
                 return len(found)
             if time.monotonic() >= deadline:
+                hint = wrong_namespace_hint(q.name, self.config.ray.namespace)
+                if hint:
+                    raise RuntimeError(hint)
                 waited = (
                     f" after waiting {q.wait_for_producer_s:g} s" if q.wait_for_producer_s else ""
                 )
@@ -420,7 +430,8 @@ class Drainer:
         if state is None:
             return
         self.books.batches_done += 1
-        self.books.latencies.append(time.monotonic() - state.taken_at)
+        self.last_progress = time.monotonic()
+        self.books.latencies.append(self.last_progress - state.taken_at)
         self.credits.release()
 
     # ------------------------------------------------------------------ acks
@@ -472,6 +483,19 @@ class Drainer:
             if r is not None and r.delivery_id % len(self.writers) == index:
                 self._spawn(self._resend(state))
 
+    # ------------------------------------------------------------------ introspection
+
+    async def actors(self) -> dict:
+        """Handles of the current finders, writers and shards (status, fault drills)."""
+        return {
+            "finders": list(self.finders),
+            "writers": list(self.writers),
+            "shards": list(self.shards),
+        }
+
+    async def pid(self) -> int:
+        return os.getpid()
+
     # ------------------------------------------------------------------ stats
 
     async def stats(self) -> dict:
@@ -501,6 +525,7 @@ class Drainer:
             "last_rejections": list(b.last_rejections),
             "credits": self.config.processing.credits,
             "credits_in_use": len(self.inflight),
+            "seconds_since_last_ack": time.monotonic() - self.last_progress,
             "q2_depth": self.q2_depth,
             "dead_shards": sorted(self.dead_shards),
             "files": sum(w.get("files", 0) for w in writers),

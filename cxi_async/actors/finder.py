@@ -102,6 +102,8 @@ class Finder:
         self._warn_if_not_zero_copy(item, decode_seconds)
         t1 = time.perf_counter()
         fetch = await _resolve_refs(item)
+        if self.config.debug.find_delay_s:
+            await asyncio.sleep(self.config.debug.find_delay_s)
         result = await asyncio.to_thread(self.batch_finder.run, item, delivery.delivery_id, fetch)
         del item, fetch
         self.busy_seconds += time.perf_counter() - t1

@@ -49,17 +49,28 @@ def namespaces_holding(queue_name: str) -> list[str]:
     )
 
 
+def wrong_namespace_hint(queue_name: str, namespace: str) -> str | None:
+    """When Q2 has no shard in `namespace` but has some elsewhere, say so in one sentence."""
+    elsewhere = [ns for ns in namespaces_holding(queue_name) if ns != namespace]
+    if not elsewhere:
+        return None
+    return (
+        f"Q2 '{queue_name}' has no shards in namespace '{namespace}' but has some in "
+        f"{', '.join(repr(n) for n in elsewhere)}: set ray.namespace to the producer's namespace."
+    )
+
+
 def check_topology(queue_name: str, namespace: str, num_shards: int) -> None:
-    """Refuse a shard count that disagrees with shards that already exist."""
+    """Refuse a shard count that disagrees with shards that already exist.
+
+    With no shard in the namespace yet, cxi_async creates them (it may start first); a queue
+    of that name in another namespace is then worth a warning, since it often means a typo.
+    """
     existing = find_shard_indices(queue_name, namespace)
     if not existing:
-        elsewhere = [ns for ns in namespaces_holding(queue_name) if ns != namespace]
-        if elsewhere:
-            raise Q2TopologyError(
-                f"Q2 '{queue_name}' has no shards in namespace '{namespace}' but has some in "
-                f"{', '.join(repr(n) for n in elsewhere)}: set ray.namespace to the producer's "
-                "namespace."
-            )
+        hint = wrong_namespace_hint(queue_name, namespace)
+        if hint:
+            log.warning("%s (creating the shards in '%s' and waiting)", hint, namespace)
         return
     if existing != list(range(len(existing))) or len(existing) != num_shards:
         raise Q2TopologyError(

@@ -182,6 +182,8 @@ class Writer:
         events = cxi.CxiEvents.pack(
             [_record(e) for e in batch.events], self.config.peak_finding.max_num_peak
         )
+        if self.config.debug.write_delay_s:
+            await asyncio.sleep(self.config.debug.write_delay_s)
         t0 = time.perf_counter()
         try:
             await asyncio.to_thread(self._write_file, path, batch, events, images)
