@@ -49,8 +49,14 @@ async def test_every_event_written_once_with_its_truth(make_config):
     assert final["batches_taken"] == config.replay.num_batches
     assert final["events_rejected"] == 0
     assert_books_balance(final)
-    names = {p.suffix for p in out.iterdir()}
-    assert names <= {".cxi", ".geom"}, f"unexpected files in the output: {sorted(out.iterdir())}"
+    cxi_files = sorted(str(p.resolve()) for p in out.glob("*.cxi"))
+    others = {p.name for p in out.iterdir()} - {p.rsplit("/", 1)[1] for p in cxi_files}
+    report = f"{config.output.file_prefix}_{final['run_label']}_report.json"
+    assert others == {"peaknet.geom", "files.lst", "events.lst", "status.json", report}
+    assert sorted((out / "files.lst").read_text().split()) == cxi_files
+    event_lines = (out / "events.lst").read_text().splitlines()
+    assert len(event_lines) == kept
+    assert final["report"] == str(out.resolve() / report)
 
 
 async def test_images_are_the_panels_in_slab_order(make_config):

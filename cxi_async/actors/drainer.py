@@ -25,9 +25,11 @@ from cxi_async.actors.q2_shard import (
     find_shard_indices,
     wrong_namespace_hint,
 )
-from cxi_async.config import Config
+from cxi_async.catalog import Catalog, CatalogError
+from cxi_async.config import Config, config_to_dict
 from cxi_async.finding import load_slab_layout
 from cxi_async.messages import EMPTY, SHARD_GONE, Ack, BatchResult, Delivery
+from cxi_async.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,8 @@ class Drainer:
         self.stop_reason: str | None = None
         self.stop_when_empty_reason: str | None = None
         self.layout = None
+        self.catalog: Catalog | None = None
+        self.metrics: PipelineMetrics | None = None
         self.replacements = collections.Counter()
         self.dead_shards: dict[int, float] = {}
         self.q2_depth = 0
@@ -108,6 +112,14 @@ class Drainer:
 
         cfg = self.config
         self.layout = load_slab_layout(cfg)
+        self.catalog = Catalog(
+            self.output_dir,
+            cfg.output.file_prefix,
+            self.run_label,
+            fsync=cfg.output.fsync,
+            min_interval_s=2.0,
+        )
+        self.metrics = PipelineMetrics(cfg.queue.name)
         num_shards = await asyncio.to_thread(self._resolve_num_shards)
         check_topology(cfg.queue.name, cfg.ray.namespace, num_shards)
         self.shards = await asyncio.to_thread(
@@ -230,6 +242,15 @@ class Drainer:
         stats = await self.stats()
         stats["stop_reason"] = self.stop_reason
         stats["files_written"] = await self._written_files()
+        if self.catalog is not None:
+            try:
+                stats["report"] = str(
+                    await asyncio.to_thread(
+                        self.catalog.write_report, config_to_dict(self.config), stats
+                    )
+                )
+            except CatalogError as exc:
+                log.warning("could not write the run report: %s", exc)
         self.final = stats
         for actor in [*self.finders, *self.writers]:
             ray.kill(actor)
@@ -401,6 +422,8 @@ class Drainer:
             self._reject(delivery_id, result.batch_id, result.num_events, result.rejected)
             return
         self.books.peaks_truncated += result.truncated_peaks
+        if self.metrics is not None:
+            self.metrics.observe_find(result.find_seconds)
         if delivery_id not in self.inflight:
             return  # the writer acked first (nothing kept)
         state.result = result
@@ -431,10 +454,22 @@ class Drainer:
             return
         self.books.batches_done += 1
         self.last_progress = time.monotonic()
-        self.books.latencies.append(self.last_progress - state.taken_at)
+        latency = self.last_progress - state.taken_at
+        self.books.latencies.append(latency)
+        if self.metrics is not None:
+            self.metrics.observe_latency(latency)
         self.credits.release()
 
     # ------------------------------------------------------------------ acks
+
+    async def file_written(self, path: str, num_events: int) -> None:
+        """A writer renamed a file: list it in files.lst / events.lst."""
+        if self.catalog is None:
+            return
+        try:
+            await asyncio.to_thread(self.catalog.add_file, path, num_events)
+        except CatalogError as exc:
+            log.warning("could not update the file lists: %s", exc)
 
     async def ack(self, acks: list[Ack]) -> None:
         """A writer finished deliveries: every kept event is in a renamed file."""
@@ -453,14 +488,26 @@ class Drainer:
     # ------------------------------------------------------------------ health
 
     async def _health_loop(self) -> None:
+        """Every second: replace dead actors, publish metrics, refresh status.json."""
         while True:
             await asyncio.sleep(HEALTH_INTERVAL_S)
+            await self._publish()
             for i, writer in enumerate(list(self.writers)):
                 if await _dead(writer):
                     await self._replace_writer(i, writer)
             for i, finder in enumerate(list(self.finders)):
                 if await _dead(finder):
                     self._replace_finder(i, finder)
+
+    async def _publish(self) -> None:
+        stats = await self.stats()
+        if self.metrics is not None:
+            self.metrics.publish(stats)
+        if self.catalog is not None:
+            try:
+                await asyncio.to_thread(self.catalog.update, stats)
+            except CatalogError as exc:
+                log.warning("could not update status.json: %s", exc)
 
     def _replace_finder(self, index: int, dead: Any) -> None:
         if self.finders[index] is not dead or (self.stopping and not self.inflight):
@@ -539,6 +586,8 @@ class Drainer:
             "stopping": self.stopping,
             "stop_reason": self.stop_reason,
             "started_at": self.started_at,
+            "run_label": self.run_label,
+            "output_dir": self.output_dir,
         }
 
     async def _written_files(self) -> list[dict]:

@@ -191,6 +191,7 @@ class Writer:
             self._write_failed(batch, exc)
             return
         self._write_succeeded(path, batch, time.perf_counter() - t0)
+        await self.drainer.file_written.remote(str(path), len(batch.events))
         await self._send_acks(self.assembler.file_written(batch))
 
     def _write_file(
