@@ -62,6 +62,26 @@ def result(
     )
 
 
+def done(
+    delivery_id: int,
+    written: int,
+    filtered: int,
+    rejected: int = 0,
+    duplicates: int = 0,
+    reason: str | None = None,
+) -> Ack:
+    """The expected ack: a delivery's events are written + filtered + rejected + duplicates."""
+    return Ack(
+        delivery_id,
+        written=written,
+        filtered=filtered,
+        rejected=rejected,
+        duplicates=duplicates,
+        reason=reason,
+        num_events=written + filtered + rejected + duplicates,
+    )
+
+
 def assembler(
     events_per_file: int = 3,
     max_file_age_s: float = 10.0,
@@ -99,13 +119,13 @@ def test_file_of_exactly_events_per_file_splits_a_batch_across_two_files():
     assert not a.due()  # one event left, young, few deliveries
 
     # Delivery 1 is complete; delivery 2 has an event still in the open file.
-    assert a.file_written(first) == [Ack(1, written=2, filtered=1)]
+    assert a.file_written(first) == [done(1, written=2, filtered=1)]
     assert list(a.deliveries) == [2]
 
     second = a.take_file()
     assert keys(second) == [(2, 1)]
     assert second.filtered == 0
-    assert a.file_written(second) == [Ack(2, written=2, filtered=2)]
+    assert a.file_written(second) == [done(2, written=2, filtered=2)]
     assert a.deliveries == {} and a.pending_events == 0
     assert a.take_file() is None
 
@@ -136,7 +156,7 @@ def test_a_big_delivery_fills_several_files_and_is_acked_after_the_last():
     assert a.file_written(files[1]) == []
     assert a.file_written(files[0]) == []
     last = a.take_file()
-    assert a.file_written(last) == [Ack(1, written=5, filtered=0)]
+    assert a.file_written(last) == [done(1, written=5, filtered=0)]
 
 
 # ------------------------------------------------------------------ files by age, parking, flush
@@ -211,7 +231,7 @@ def test_flush():
 
 def test_delivery_without_kept_events_is_acked_at_once_with_its_filtered_count():
     a = assembler()
-    assert a.add(result(1, [], filtered=5)) == [Ack(1, written=0, filtered=5)]
+    assert a.add(result(1, [], filtered=5)) == [done(1, written=0, filtered=5)]
     assert a.deliveries == {} and a.pending_events == 0
     assert not a.due(flush=True)
 
@@ -233,10 +253,10 @@ def test_second_copy_of_a_batch_is_acked_at_once_as_duplicates():
     a = assembler(events_per_file=10)
     assert a.add(result(1, [0, 1, 2], batch_id="b", filtered=1)) == []
     acks = a.add(result(2, [0, 1, 2], batch_id="b", filtered=1))
-    assert acks == [Ack(2, written=0, filtered=1, duplicates=3)]
+    assert acks == [done(2, written=0, filtered=1, duplicates=3)]
     assert a.duplicates == 3
     assert a.pending_events == 3
-    assert a.file_written(a.take_file()) == [Ack(1, written=3, filtered=1)]
+    assert a.file_written(a.take_file()) == [done(1, written=3, filtered=1)]
 
 
 def test_partly_overlapping_copy_writes_only_the_new_events():
@@ -246,8 +266,8 @@ def test_partly_overlapping_copy_writes_only_the_new_events():
     batch = a.take_file()
     assert keys(batch) == [(1, 0), (1, 1), (2, 2)]
     assert a.file_written(batch) == [
-        Ack(1, written=2, filtered=0),
-        Ack(2, written=1, filtered=0, duplicates=1),
+        done(1, written=2, filtered=0),
+        done(2, written=1, filtered=0, duplicates=1),
     ]
     assert a.duplicates == 1
 
@@ -256,7 +276,7 @@ def test_dedup_outlives_the_write():
     a = assembler(events_per_file=1)
     a.add(result(1, [0], batch_id="b"))
     a.file_written(a.take_file())
-    assert a.add(result(2, [0], batch_id="b")) == [Ack(2, written=0, filtered=0, duplicates=1)]
+    assert a.add(result(2, [0], batch_id="b")) == [done(2, written=0, filtered=0, duplicates=1)]
 
 
 def test_same_events_of_different_batches_are_not_duplicates():
@@ -274,7 +294,7 @@ def test_same_delivery_id_twice_is_ignored():
     assert a.duplicates == 2
     batch = a.take_file()
     assert batch.filtered == 3  # the repeat's filtered count is not added again
-    assert a.file_written(batch) == [Ack(1, written=2, filtered=3)]
+    assert a.file_written(batch) == [done(1, written=2, filtered=3)]
 
 
 def test_remember_batches_bounds_the_dedup_memory():
@@ -283,7 +303,7 @@ def test_remember_batches_bounds_the_dedup_memory():
     a.add(result(2, [0], batch_id="b"))
     assert list(a.seen) == ["a", "b"]
     # A copy of "a" refreshes it, so "b" is the oldest when "c" arrives.
-    assert a.add(result(3, [0], batch_id="a")) == [Ack(3, written=0, filtered=0, duplicates=1)]
+    assert a.add(result(3, [0], batch_id="a")) == [done(3, written=0, filtered=0, duplicates=1)]
     a.add(result(4, [0], batch_id="c"))
     assert list(a.seen) == ["a", "c"]
     assert a.add(result(5, [0], batch_id="a"))[0].duplicates == 1
@@ -310,7 +330,7 @@ def test_failed_file_goes_back_first():
     assert a.file_written(first) == []
     second = a.take_file()
     assert keys(second) == [(1, 2), (1, 3)]
-    assert a.file_written(second) == [Ack(1, written=4, filtered=0)]
+    assert a.file_written(second) == [done(1, written=4, filtered=0)]
 
 
 def test_retry_alone_is_due_even_with_an_empty_open_file():
@@ -349,14 +369,14 @@ def test_drop_events_removes_a_delivery_from_open_and_retry_files():
     a.add(result(2, [0]))
     assert a.pending_events == 5
     ack = a.drop_events(1, "the detector image is gone")
-    assert ack == Ack(
+    assert ack == done(
         1, written=0, filtered=2, rejected=4, duplicates=0, reason="the detector image is gone"
     )
     assert a.retry == []  # the failed file held only delivery 1
     assert keys(FileBatch(a.open_events, 0)) == [(2, 0)]
     assert a.pending_events == 1
     assert a.drop_events(1, "again") is None  # finished: nothing to drop
-    assert a.file_written(a.take_file()) == [Ack(2, written=1, filtered=0)]
+    assert a.file_written(a.take_file()) == [done(2, written=1, filtered=0)]
 
 
 def test_drop_events_keeps_other_deliveries_in_a_retry_file():
@@ -368,7 +388,7 @@ def test_drop_events_keeps_other_deliveries_in_a_retry_file():
     assert a.drop_events(1, "gone").rejected == 2
     assert keys(a.retry[0]) == [(2, 0)]
     assert a.file_written(a.take_file()) == []
-    assert a.file_written(a.take_file()) == [Ack(2, written=2, filtered=0)]
+    assert a.file_written(a.take_file()) == [done(2, written=2, filtered=0)]
 
 
 def test_drop_after_part_was_written_reports_both():
@@ -376,7 +396,7 @@ def test_drop_after_part_was_written_reports_both():
     a.add(result(1, [0, 1, 2], filtered=1, batch_id="b"))
     assert a.file_written(a.take_file()) == []
     ack = a.drop_events(1, "gone")
-    assert ack == Ack(1, written=2, filtered=1, rejected=1, duplicates=0, reason="gone")
+    assert ack == done(1, written=2, filtered=1, rejected=1, duplicates=0, reason="gone")
     assert a.pending_events == 0
 
 
@@ -388,9 +408,9 @@ def test_drop_from_the_file_being_written_as_the_writer_does():
     a.add(result(2, [0, 1]))
     batch = a.take_file()
     batch.events = [e for e in batch.events if e.delivery_id != 1]
-    assert a.drop_events(1, "gone") == Ack(1, written=0, filtered=0, rejected=2, reason="gone")
+    assert a.drop_events(1, "gone") == done(1, written=0, filtered=0, rejected=2, reason="gone")
     assert a.file_written(batch) == []
-    assert a.file_written(a.take_file()) == [Ack(2, written=2, filtered=0)]
+    assert a.file_written(a.take_file()) == [done(2, written=2, filtered=0)]
 
 
 def test_drop_unknown_delivery():
@@ -424,7 +444,7 @@ def test_dropped_events_can_be_written_from_another_copy():
     a.add(result(1, [0, 1], batch_id="b"))
     a.drop_events(1, "the detector image is gone")
     assert a.add(result(2, [0, 1], batch_id="b")) == []
-    assert a.file_written(a.take_file()) == [Ack(2, written=2, filtered=0)]
+    assert a.file_written(a.take_file()) == [done(2, written=2, filtered=0)]
 
 
 # ------------------------------------------------------------------ property
@@ -500,5 +520,6 @@ def test_every_kept_event_is_acked_exactly_once(ops, events_per_file, parked):
         res = added[ack.delivery_id]
         assert ack.written + ack.rejected + ack.duplicates == len(res.kept)
         assert ack.filtered == res.filtered
+        assert ack.num_events == res.num_events
     assert sum(ack.written for ack in acks) == len(written_events)
     assert len(set(written_events)) == len(written_events), "an event was written twice"
