@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +25,7 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
 STATS_TIMEOUT_S = 15.0
+PROBE_TIMEOUT_S = 5.0
 DEFAULT_STALL_S = 60.0
 
 
@@ -197,22 +199,24 @@ def fetch_stats(config: Config, timeout_s: float = STATS_TIMEOUT_S) -> dict:
     connected_here = False
     if not ray.is_initialized():
         address = config.ray.address or "auto"
+        _probe(config, address)
         try:
             ray.init(
                 address=address,
                 namespace=config.ray.namespace,
                 log_to_driver=False,
-                logging_level=logging.WARNING,
+                logging_level=logging.ERROR,  # not the token-auth notice on every call
             )
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = (
-                f"ray.address = {config.ray.address}"
-                if config.ray.address
-                else "this host (ray.address is not set, so cxi_async looked for a local one)"
-            )
+            if config.ray.address:
+                why = f"could not connect to Ray at ray.address = {address}: {_first_line(exc)}"
+            else:
+                why = (
+                    "there is no Ray cluster on this host (ray.address is not set, so "
+                    "cxi_async looked for a local one)"
+                )
             raise PipelineNotReachable(
-                f"no cxi_async pipeline for Q2 '{config.queue.name}' is running: found no Ray "
-                f"cluster at {where} ({_first_line(exc)})"
+                f"no cxi_async pipeline for Q2 '{config.queue.name}' is running: {why}"
             ) from None
         connected_here = True
     try:
@@ -220,6 +224,23 @@ def fetch_stats(config: Config, timeout_s: float = STATS_TIMEOUT_S) -> dict:
     finally:
         if connected_here:
             ray.shutdown()
+
+
+def _probe(config: Config, address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Fail fast when nothing listens at `host:port`: ray.init retries for minutes there."""
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise PipelineNotReachable(
+            f"no cxi_async pipeline for Q2 '{config.queue.name}' is running: nothing answers at "
+            f"ray.address = {address} ({reason})"
+        ) from None
 
 
 def _ask_drainer(config: Config, timeout_s: float) -> dict:

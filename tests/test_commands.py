@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -305,3 +306,21 @@ async def test_status_counts_and_metrics_once_files_are_written(make_config, tmp
     finally:
         final = await pipeline.stop()
     assert final["events_written"] >= stats["events_written"]
+
+
+def test_probe_fails_fast_when_nothing_listens():
+    """ray.init retries an unreachable address for minutes; the probe answers at once."""
+    config = load_config(None, ["queue.name=q2x"], check_paths=False)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        commands._probe(config, f"127.0.0.1:{port}")  # something answers: no error
+        commands._probe(config, f"ray://127.0.0.1:{port}")
+    with pytest.raises(commands.PipelineNotReachable) as err:
+        commands._probe(config, f"127.0.0.1:{port}")
+    assert str(err.value) == (
+        f"no cxi_async pipeline for Q2 'q2x' is running: nothing answers at "
+        f"ray.address = 127.0.0.1:{port} (Connection refused)"
+    )
+    commands._probe(config, "auto")  # left to ray.init
