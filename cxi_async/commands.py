@@ -44,8 +44,9 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         ),
         "status": "Print the running pipeline's progress and counts (from its drainer actor).",
         "health": (
-            "Exit 0 when the running pipeline is healthy, 1 with one sentence when it is not "
-            "(unreachable, a dead finder or writer, or stalled with every credit in use)."
+            "Exit 0 when the running pipeline is healthy, 1 with one sentence when it is not: "
+            "unreachable, a finder, writer or Q2 shard that does not answer, a writer that "
+            "cannot write, or stalled with every credit in use."
         ),
     }
     parser = argparse.ArgumentParser(
@@ -74,8 +75,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
             type=_positive_seconds,
             default=DEFAULT_STALL_S,
             metavar="SECONDS",
-            help="unhealthy when every credit is in use and nothing was acknowledged for "
-            f"this long (default {DEFAULT_STALL_S:g})",
+            help="unhealthy when every credit is in use and no batch finished for this long "
+            f"(default {DEFAULT_STALL_S:g})",
         )
     return parser
 
@@ -160,7 +161,13 @@ def check(config: Config, config_path: str, pipeline_config: str | None = None) 
         print(f"producer configuration {pipeline_config}:")
         for c in checks:
             print(f"  {c.line()}")
-        ok = ok and all(c.ok for c in checks)
+        wrong = sum(not c.ok for c in checks)
+        if wrong:
+            print(
+                f"{wrong} setting{'s' if wrong > 1 else ''} must change before cxi_async can "
+                "drain this producer's Q2"
+            )
+        ok = ok and not wrong
     return EXIT_OK if ok else EXIT_FAILED
 
 

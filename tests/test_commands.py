@@ -104,6 +104,7 @@ def test_check_against_mismatching_producer_yaml(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"  ✗ queue.num_shards = 1 but runtime.queue_num_shards = 4 in {yaml}\n" in out
     assert "  ⚠ queue.maxsize_per_shard = 1600 but runtime.queue_maxsize_per_shard = 100" in out
+    assert out.endswith("1 setting must change before cxi_async can drain this producer's Q2\n")
 
 
 def test_check_warnings_alone_pass(tmp_path, capsys):
