@@ -45,6 +45,7 @@ class _DeliveryState:
     written: int = 0
     filtered: int = 0
     duplicates: int = 0
+    num_events: int = 0
 
 
 @dataclass
@@ -77,7 +78,12 @@ class FileAssembler:
         seen.update(e.event_index for e in fresh)
         dup = len(result.kept) - len(fresh)
         self.duplicates += dup
-        state = _DeliveryState(outstanding=len(fresh), filtered=result.filtered, duplicates=dup)
+        state = _DeliveryState(
+            outstanding=len(fresh),
+            filtered=result.filtered,
+            duplicates=dup,
+            num_events=result.num_events,
+        )
         self.open_filtered += result.filtered
         if not fresh:
             return [self._ack(result.delivery_id, state)]
@@ -168,6 +174,7 @@ class FileAssembler:
             rejected=rejected,
             duplicates=state.duplicates,
             reason=reason,
+            num_events=state.num_events,
         )
 
     @property
@@ -181,4 +188,5 @@ class FileAssembler:
             written=state.written,
             filtered=state.filtered,
             duplicates=state.duplicates,
+            num_events=state.num_events,
         )

@@ -34,6 +34,7 @@ __all__ = [
     "SequenceCounter",
     "cxi_file_name",
     "inprogress_path",
+    "leftover_inprogress",
     "write_cxi_file",
 ]
 
@@ -276,6 +277,18 @@ def inprogress_path(final_path: Path) -> Path:
     """Where ``final_path`` is written before the rename."""
     final_path = Path(final_path)
     return final_path.with_name(final_path.name + INPROGRESS_SUFFIX)
+
+
+def leftover_inprogress(directory: str | os.PathLike[str], prefix: str) -> list[tuple[int, Path]]:
+    """``(seq, path)`` of the ``.cxi.inprogress`` files a crashed writer left in directory."""
+    pattern = re.compile(rf"{re.escape(prefix)}_.+_(\d{{6,}})\.cxi{re.escape(INPROGRESS_SUFFIX)}")
+    found = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            match = pattern.fullmatch(entry.name)
+            if match:
+                found.append((int(match.group(1)), Path(entry.path)))
+    return sorted(found)
 
 
 class SequenceCounter:

@@ -75,3 +75,4 @@ class Ack(msgspec.Struct, frozen=True):
     rejected: int = 0
     duplicates: int = 0
     reason: str | None = None
+    num_events: int = 0  # events of the batch (written + filtered + rejected + duplicates)

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import ray
 
 from cxi_async.actors.common import is_actor_death, setup_actor_logging
@@ -48,6 +49,7 @@ class InFlight:
     finder: int | None = None
     result: BatchResult | None = None  # kept so a dead writer's work can be re-sent
     attempts: int = 0
+    written: set[int] = field(default_factory=set)  # event indices already in renamed files
 
 
 @dataclass
@@ -58,7 +60,7 @@ class Books:
     batches_done: int = 0  # acked (written and/or filtered) or rejected
     batches_rejected: int = 0
     batches_abandoned: int = 0  # in flight when stop() was asked not to finish them
-    events_seen: int = 0  # events of batches a finder has decoded
+    events_seen_done: int = 0  # events of finished batches (in-flight ones are added in stats)
     events_written: int = 0
     events_filtered: int = 0
     events_rejected: int = 0
@@ -412,12 +414,11 @@ class Drainer:
     async def _finder_done(self, state: InFlight, result: BatchResult) -> None:
         delivery_id = result.delivery_id
         state.delivery = None  # drop the item ref: the logits can leave the object store
-        if result.rejected in (EMPTY, SHARD_GONE):
-            self.books.batches_taken -= 1
-            self.inflight.pop(delivery_id, None)
-            self.credits.release()
+        if result.rejected in (EMPTY, SHARD_GONE):  # nothing was taken after all
+            if self.inflight.pop(delivery_id, None) is not None:
+                self.books.batches_taken -= 1
+                self.credits.release()
             return
-        self.books.events_seen += result.num_events
         if result.rejected is not None:
             self._reject(delivery_id, result.batch_id, result.num_events, result.rejected)
             return
@@ -431,17 +432,26 @@ class Drainer:
             await self._resend(state)
 
     async def _resend(self, state: InFlight) -> None:
+        """Send a finder's result (again) to its writer, without events already in files."""
         assert state.result is not None
         state.result.handed_to_writer = True
-        writer = self.writers[state.result.delivery_id % len(self.writers)]
+        result = state.result
+        if state.written:
+            result = msgspec.structs.replace(
+                result, kept=[e for e in result.kept if e.event_index not in state.written]
+            )
+        writer = self.writers[result.delivery_id % len(self.writers)]
         try:
-            await writer.submit.remote(state.result)
+            await writer.submit.remote(result)
         except Exception as exc:
             if not is_actor_death(exc):
                 raise
             state.result.handed_to_writer = False  # the health loop re-sends after replacing
 
     def _reject(self, delivery_id: int, batch_id: str, num_events: int, reason: str) -> None:
+        if delivery_id not in self.inflight:
+            return
+        self.books.events_seen_done += num_events
         self.books.batches_rejected += 1
         self.books.events_rejected += num_events
         self.books.rejections[_reason_kind(reason)] += 1
@@ -462,12 +472,18 @@ class Drainer:
 
     # ------------------------------------------------------------------ acks
 
-    async def file_written(self, path: str, num_events: int) -> None:
-        """A writer renamed a file: list it in files.lst / events.lst."""
+    async def file_written(self, path: str, events: list[tuple[int, int]]) -> None:
+        """A writer renamed a file holding these (delivery_id, event_index): count them (so
+        a re-sent batch skips them) and list the file in files.lst / events.lst."""
+        for delivery_id, event_index in events:
+            state = self.inflight.get(delivery_id)
+            if state is not None and event_index not in state.written:
+                state.written.add(event_index)
+                self.books.events_written += 1
         if self.catalog is None:
             return
         try:
-            await asyncio.to_thread(self.catalog.add_file, path, num_events)
+            await asyncio.to_thread(self.catalog.add_file, path, len(events))
         except CatalogError as exc:
             log.warning("could not update the file lists: %s", exc)
 
@@ -476,7 +492,7 @@ class Drainer:
         for a in acks:
             if a.delivery_id not in self.inflight:
                 continue
-            self.books.events_written += a.written
+            self.books.events_seen_done += a.num_events
             self.books.events_filtered += a.filtered
             self.books.events_duplicate += a.duplicates
             if a.rejected:
@@ -552,7 +568,8 @@ class Drainer:
         finders = await _gather_stats(self.finders)
         writers = await _gather_stats(self.writers)
         lat = sorted(b.latencies)
-        pending_events = sum(s.result.num_events for s in self.inflight.values() if s.result)
+        with_result = [s for s in self.inflight.values() if s.result is not None]
+        pending_events = sum(s.result.num_events - len(s.written) for s in with_result)
         return {
             "elapsed_s": elapsed,
             "batches_taken": b.batches_taken,
@@ -561,7 +578,7 @@ class Drainer:
             "batches_abandoned": b.batches_abandoned,
             "batches_in_flight": len(self.inflight),
             "batches_at_finders": sum(1 for s in self.inflight.values() if s.result is None),
-            "events_seen": b.events_seen,
+            "events_seen": b.events_seen_done + sum(s.result.num_events for s in with_result),
             "events_written": b.events_written,
             "events_filtered": b.events_filtered,
             "events_rejected": b.events_rejected,

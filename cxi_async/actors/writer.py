@@ -61,6 +61,7 @@ class Writer:
             maxsize=config.processing.writer_inbox
         )
         self.sequence = cxi.SequenceCounter(self.output_dir, out.file_prefix)
+        self._remove_leftovers()
         self.flush_requested = False
         self.wake = asyncio.Event()
         self.loop_task: asyncio.Task | None = None
@@ -78,6 +79,22 @@ class Writer:
             "geometry_sha256": (layout.geom_sha256 or "") if layout else "",
             "batch_id_source": "peaknet-pipeline-ray Q2",
         }
+
+    def _remove_leftovers(self) -> None:
+        """A crashed writer's `.inprogress` files are incomplete: remove them, say so.
+
+        Writer k owns the sequence numbers congruent to k, so it only touches those; the
+        counter above has already seen them, so their numbers are never reused.
+        """
+        prefix = self.config.output.file_prefix
+        for seq, path in cxi.leftover_inprogress(self.output_dir, prefix):
+            if seq % self.num_writers != self.index:
+                continue
+            try:
+                path.unlink()
+                log.warning("removed %s, left incomplete by an earlier writer", path)
+            except OSError as exc:
+                log.warning("could not remove the incomplete %s: %s", path, exc)
 
     # ------------------------------------------------------------------ API
 
@@ -191,7 +208,9 @@ class Writer:
             self._write_failed(batch, exc)
             return
         self._write_succeeded(path, batch, time.perf_counter() - t0)
-        await self.drainer.file_written.remote(str(path), len(batch.events))
+        await self.drainer.file_written.remote(
+            str(path), [(e.delivery_id, e.event.event_index) for e in batch.events]
+        )
         await self._send_acks(self.assembler.file_written(batch))
 
     def _write_file(
