@@ -8,6 +8,7 @@ once each of its kept events is in a renamed file. A failed file goes back to th
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -37,6 +38,7 @@ class FileBatch:
     events: list[PendingEvent]
     filtered: int
     attempts: int = 0
+    order: int = 0  # files are retried in the order they were first taken
 
 
 @dataclass
@@ -46,6 +48,8 @@ class _DeliveryState:
     filtered: int = 0
     duplicates: int = 0
     num_events: int = 0
+    batch_id: str = ""
+    pending: set[int] = field(default_factory=set)  # event indices not yet in a written file
 
 
 @dataclass
@@ -64,6 +68,7 @@ class FileAssembler:
     deliveries: dict[int, _DeliveryState] = field(default_factory=dict)
     seen: OrderedDict[str, set[int]] = field(default_factory=OrderedDict)
     duplicates: int = 0
+    files_taken: int = 0
 
     def add(self, result: BatchResult) -> list[Ack]:
         """Take a finder's result; returns the acks that are due at once."""
@@ -83,6 +88,8 @@ class FileAssembler:
             filtered=result.filtered,
             duplicates=dup,
             num_events=result.num_events,
+            batch_id=result.batch_id,
+            pending={e.event_index for e in fresh},
         )
         self.open_filtered += result.filtered
         if not fresh:
@@ -136,7 +143,8 @@ class FileAssembler:
             return None
         events = self.open_events[: self.events_per_file]
         self.open_events = self.open_events[self.events_per_file :]
-        batch = FileBatch(events, self.open_filtered)
+        batch = FileBatch(events, self.open_filtered, order=self.files_taken)
+        self.files_taken += 1
         self.open_filtered = 0
         self.open_since = self.clock() if self.open_events else None
         return batch
@@ -148,6 +156,7 @@ class FileAssembler:
             state = self.deliveries[event.delivery_id]
             state.outstanding -= 1
             state.written += 1
+            state.pending.discard(event.event.event_index)
             if state.outstanding == 0:
                 acks.append(self._ack(event.delivery_id, self.deliveries.pop(event.delivery_id)))
         return acks
@@ -155,7 +164,7 @@ class FileAssembler:
     def file_failed(self, batch: FileBatch) -> None:
         """Writing failed: keep the events and try the same file again first."""
         batch.attempts += 1
-        self.retry.insert(0, batch)
+        bisect.insort(self.retry, batch, key=lambda b: b.order)
 
     def drop_events(self, delivery_id: int, reason: str) -> Ack | None:
         """Take a delivery's events out of every pending file (e.g. its image is gone)."""
@@ -163,7 +172,11 @@ class FileAssembler:
         if state is None:
             return None
         rejected = state.outstanding
+        # never written: a later copy of the batch may still be written
+        self.seen.get(state.batch_id, set()).difference_update(state.pending)
         self.open_events = [e for e in self.open_events if e.delivery_id != delivery_id]
+        if not self.open_events:
+            self.open_since = None
         for batch in self.retry:
             batch.events = [e for e in batch.events if e.delivery_id != delivery_id]
         self.retry = [b for b in self.retry if b.events]

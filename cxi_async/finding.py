@@ -73,8 +73,10 @@ class BatchFinder:
             q2.check_finite(batch)
             b, c, h, w = batch.original_shape
             layout = self.layouts.for_shape(c, h, w)
-        except (q2.MalformedItem, GeometryMismatch) as exc:
+        except q2.MalformedItem as exc:
             return _rejected(delivery_id, batch_id, str(exc))
+        except GeometryMismatch as exc:
+            return _rejected(delivery_id, batch_id, f"batch {batch_id}: {exc}")
         except RefUnavailable as exc:
             return _rejected(
                 delivery_id, batch_id, f"batch {batch_id}: predictions_ref is gone: {exc}"
@@ -83,13 +85,16 @@ class BatchFinder:
         if reason is not None:
             return _rejected(delivery_id, batch.batch_id, reason, num_events=b)
         t0 = time.perf_counter()
-        table = peaks.find_peaks(
-            batch.logits,
-            batch.original_shape,
-            bfloat16=batch.logits_kind == "bfloat16",
-            image=image,
-            connectivity=self.pf.connectivity,
-        )
+        try:
+            table = peaks.find_peaks(
+                batch.logits,
+                batch.original_shape,
+                bfloat16=batch.logits_kind == "bfloat16",
+                image=image,
+                connectivity=self.pf.connectivity,
+            )
+        except peaks.PeakFindingError as exc:
+            return _rejected(delivery_id, batch.batch_id, f"batch {batch.batch_id}: {exc}", b)
         selection = peaks.select_events(table, self.pf.min_num_peak, self.pf.max_num_peak)
         kept = self._kept_events(batch, table, selection, layout)
         return BatchResult(
@@ -133,7 +138,12 @@ class BatchFinder:
         layout: SlabLayout,
     ) -> list[EventPeaks]:
         rows = selection.peak_index
-        ss, fs = layout.to_slab(table.panel[rows], table.row[rows], table.col[rows])
+        row, col = (
+            (table.weighted_row, table.weighted_col)
+            if self.pf.weighted_centre
+            else (table.row, table.col)
+        )
+        ss, fs = layout.to_slab(table.panel[rows], row[rows], col[rows])
         columns = {
             "fs": fs.astype(np.float32),
             "ss": ss.astype(np.float32),

@@ -159,11 +159,11 @@ def _tensor_logits(t: Any, bid: str) -> tuple[np.ndarray, LogitsKind]:
         raise MalformedItem(bid, f"logits tensor of shape {tuple(t.shape)} is not contiguous")
     t = t.detach()  # no copy; .numpy() refuses tensors that require grad
     if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy(), "bfloat16"
+        return _standard_strides(t.view(torch.int16).numpy()), "bfloat16"
     if t.dtype == torch.float32:
-        return t.numpy(), "float32"
+        return _standard_strides(t.numpy()), "float32"
     if t.dtype == torch.float16:
-        return t.numpy(), "float16"
+        return _standard_strides(t.numpy()), "float16"
     raise MalformedItem(
         bid, f"logits have dtype {t.dtype}, expected torch.float32, torch.float16 or torch.bfloat16"
     )
@@ -180,7 +180,15 @@ def _array_logits(a: np.ndarray, bid: str) -> tuple[np.ndarray, LogitsKind]:
         raise MalformedItem(bid, f"logits have dtype {a.dtype}, expected float32 or float16")
     if not a.flags.c_contiguous:
         raise MalformedItem(bid, f"logits array of shape {a.shape} is not C-contiguous")
-    return a, kind
+    return _standard_strides(a), kind
+
+
+def _standard_strides(a: np.ndarray) -> np.ndarray:
+    """A contiguous array with C strides on every axis (size-1 axes may carry odd strides)."""
+    standard = np.empty(0, a.dtype).itemsize * np.cumprod((*a.shape[1:], 1)[::-1])[::-1]
+    if a.strides == tuple(int(v) for v in standard):
+        return a
+    return a.reshape(-1).reshape(a.shape)
 
 
 def _logits(value: Any, bid: str, where: str) -> tuple[np.ndarray, LogitsKind]:
@@ -203,7 +211,7 @@ def _shape_attr(meta: Any, name: str, bid: str, ndim: int) -> tuple[int, ...] | 
         ok = len(shape) == ndim and all(
             v >= 1 and v == w for v, w in zip(shape, value, strict=True)
         )
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
         raise MalformedItem(
@@ -257,7 +265,12 @@ def _as_array(value: Any) -> np.ndarray:
 
 def _per_event(value: Any, b: int, key: str, bid: str) -> np.ndarray:
     """A scalar broadcast to (b,), or an array of length b."""
-    arr = _as_array(value)
+    try:
+        arr = _as_array(value)
+    except (ValueError, TypeError):
+        raise MalformedItem(
+            bid, f"metadata[{key!r}] is not a scalar or a flat sequence of numbers"
+        ) from None
     if arr.ndim == 0:
         return np.full(b, arr)
     if arr.ndim != 1 or arr.shape[0] != b:
@@ -311,7 +324,9 @@ def _metadata(item: Any, b: int, bid: str) -> tuple[np.ndarray, bool, np.ndarray
         ev, has_ev = _positive_floats(energy, b, "photon_energy", bid), True
     elif wavelength is not None:
         lam = _positive_floats(wavelength, b, "photon_wavelength", bid)
-        ev, has_ev = HC_EV_ANGSTROM / lam, True
+        with np.errstate(over="ignore", divide="ignore"):
+            ev, has_ev = HC_EV_ANGSTROM / lam, True
+        ev[~np.isfinite(ev)] = np.nan
     else:
         ev, has_ev = np.full(b, np.nan), False
     ts = md.get("timestamp")
@@ -391,7 +406,11 @@ def check_image(batch: DecodedBatch, image: Any) -> np.ndarray:
         tensor_type = _torch_tensor_type()
         if tensor_type is None or not isinstance(image, tensor_type):
             raise MalformedItem(bid, f"image is a {type(image).__name__}, expected a numpy array")
-        if image.device.type != "cpu" or image.dtype.is_complex:
+        if (
+            image.device.type != "cpu"
+            or image.dtype.is_complex
+            or str(image.dtype) == "torch.bfloat16"
+        ):
             raise MalformedItem(bid, f"image tensor ({image.dtype} on {image.device}) is unusable")
         image = image.detach().numpy()
     expected = (batch.logits.shape[0], 1, *batch.padded_shape)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -343,11 +342,6 @@ def test_retry_alone_is_due_even_with_an_empty_open_file():
     assert a.take_file() is batch
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="file_failed inserts at index 0, so with two files in flight the later one is "
-    "retried first (LIFO)",
-)
 def test_failed_files_are_retried_in_the_order_they_were_taken():
     a = assembler(events_per_file=1)
     a.add(result(1, [0, 1]))
@@ -417,12 +411,6 @@ def test_drop_unknown_delivery():
     assert assembler().drop_events(42, "gone") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="drop_events leaves open_since set when it empties the open file: "
-    "seconds_until_due() returns 0.0 for an empty file (the writer loop spins) and the next "
-    "event starts an already-old file",
-)
 def test_drop_events_that_empties_the_open_file_resets_its_age():
     clock = Clock(0.0)
     a = assembler(events_per_file=100, max_file_age_s=10.0, clock=clock)
@@ -434,11 +422,6 @@ def test_drop_events_that_empties_the_open_file_resets_its_age():
     assert a.seconds_until_due() == 10.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dropped events stay in the dedup memory: a later copy of the same batch is acked "
-    "as duplicates although no copy was ever written",
-)
 def test_dropped_events_can_be_written_from_another_copy():
     a = assembler(events_per_file=10)
     a.add(result(1, [0, 1], batch_id="b"))

@@ -344,11 +344,6 @@ def test_geometry_that_does_not_match_the_data_is_rejected(batch):
     assert res.batch_id == batch.batch_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding.run passes str(GeometryMismatch) as the rejection reason, which names the "
-    "geometry and shapes but not the batch",
-)
 def test_geometry_rejection_names_the_batch(batch, side_by_side):
     data = dataclasses.replace(SPEC, panel_shape=(30, 40))
     other = make_batch(data, 0)
@@ -414,11 +409,6 @@ def test_config_is_replaceable_with_msgspec(batch):
     assert res.kept == [] and res.filtered == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BatchFinder ignores peak_finding.weighted_centre: it always writes the unweighted "
-    "row/col, never the table's weighted_row/weighted_col",
-)
 def test_weighted_centre_setting_writes_intensity_weighted_positions(batch):
     res, _, _ = run(batch, config("peak_finding.weighted_centre=true"))
     npix = np.concatenate([t.npix for t in batch.truth])

@@ -5,8 +5,8 @@ Whatever arrives, `run` returns a BatchResult: either accepted, with every event
 is well-formed except for the faults drawn for it, and the generator records what it actually
 made, so the check goes both ways: a good item is never rejected, a bad one never accepted.
 
-Inputs that break `run` today are kept out of the fuzz (`KNOWN_BUGS`) and pinned by the strict
-xfail tests at the end; turn the flag on once they are fixed.
+Inputs that once broke `run` are pinned by the regression tests at the end and, with
+`KNOWN_BUGS = True` (fixed), drawn by the fuzz as well.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from cxi_async.finding import BatchFinder, RefUnavailable
 from cxi_async.messages import BatchResult
 from cxi_async.synthetic import PipelineOutput, PreprocessingMetadata
 
-# Inputs that break run() today, pinned by the xfail tests below: ragged metadata lists, inf in
+# Inputs that once broke run(), pinned by the regression tests below: ragged metadata lists, inf in
 # original_shape, a bfloat16 image tensor, W = 1 logits with a column stride != 1, a denormal
 # wavelength. True puts them into the fuzz.
-KNOWN_BUGS = False
+KNOWN_BUGS = True
 
 TORCH = {
     "float32": torch.float32,
@@ -475,34 +475,18 @@ def test_small_item_is_accepted():
     assert [len(e.fs) for e in res.kept] == [1, 1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="q2._as_array: np.asarray on a ragged nested list raises a plain ValueError, "
-    "which run() does not catch",
-)
 @pytest.mark.parametrize("key", ["photon_energy", "photon_wavelength"])
 def test_ragged_metadata_list_is_rejected(key):
     res = run_small(small_item(metadata={key: [[1.0], [1.0, 2.0]]}))
     assert res.rejected is not None and "bX" in res.rejected and key in res.rejected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="q2._shape_attr catches TypeError and ValueError, but int(inf) raises OverflowError",
-)
 def test_infinite_original_shape_is_rejected():
     pm = PreprocessingMetadata((2, 1, math.inf, 3), (2, 1, 4, 4))
     res = run_small(small_item(preprocessing_metadata=pm))
     assert res.rejected is not None and "bX" in res.rejected and "original_shape" in res.rejected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="q2.check_image calls tensor.numpy() on a bfloat16 tensor, which torch refuses",
-)
 def test_bfloat16_image_tensor_does_not_crash():
     image = torch.arange(2 * 16, dtype=torch.float32).reshape(2, 1, 4, 4)
     ref = Ref()
@@ -513,11 +497,6 @@ def test_bfloat16_image_tensor_does_not_crash():
         assert [float(e.total_intensity[0]) for e in res.kept] == [5.0, 21.0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="W = 1 logits with a column stride != 1 are C-contiguous by numpy/torch rules, so q2 "
-    "accepts them; peaks.find_peaks raises PeakFindingError, which run() does not catch",
-)
 @pytest.mark.parametrize("container", ["torch", "numpy"])
 def test_single_column_logits_with_a_column_stride_do_not_crash(container):
     logits = np.zeros((2, 2, 1, 4), np.float32)
@@ -538,11 +517,6 @@ def test_single_column_logits_with_a_column_stride_do_not_crash(container):
         assert [float(e.ss[0]) for e in res.kept] == [1.0, 1.0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="q2._metadata divides by the wavelength after the positive/finite check: a denormal "
-    "wavelength gives an infinite photon energy instead of 'unknown'",
-)
 def test_denormal_wavelength_falls_back_to_the_configured_energy():
     with np.errstate(over="ignore"):
         res = run_small(small_item(metadata={"photon_wavelength": 1e-320}))
