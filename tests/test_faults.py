@@ -1,0 +1,316 @@
+"""Fault drills with a real local Ray: dead actors, lost objects, bad items, failing disks.
+
+Each drill injects the fault into a running pipeline, then checks the output directory and
+the books against the synthetic producer's ground truth: every event that left Q2 is in
+exactly one file, or counted as filtered or rejected with a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import ray
+import torch
+
+from cxi_async.actors.q2_shard import ZERO_COPY_ENV, RemoteQ2Shard, connect_shards
+from cxi_async.pipeline import Pipeline
+from cxi_async.replay import new_replay_producer, replay_batch, truth_for
+from tests.conftest import check_against_truth, read_cxi_files
+from tests.test_pipeline import assert_books_balance
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+async def wait_for(predicate, pipeline: Pipeline, timeout: float = 60.0) -> dict:
+    """Poll stats until predicate(stats) holds (checking the books every time)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        stats = await pipeline.stats()
+        assert_books_balance(stats)
+        if predicate(stats):
+            return stats
+        assert loop.time() < deadline, f"condition not reached; last stats: {stats}"
+        await asyncio.sleep(0.05)
+
+
+async def finish(pipeline: Pipeline) -> dict:
+    final = await pipeline.wait()
+    assert_books_balance(final)
+    assert final["batches_in_flight"] == 0
+    assert not list(pipeline.output_dir.glob("*.inprogress"))
+    return final
+
+
+async def test_killed_finder_batches_go_to_the_others(make_config):
+    config = make_config("debug.find_delay_s=0.5", "replay.num_batches=8")
+    pipeline = await Pipeline.start(config)
+    await wait_for(lambda s: s["batches_at_finders"] >= 2, pipeline)
+    actors = await pipeline.drainer.actors.remote()
+    ray.kill(actors["finders"][0])
+    final = await finish(pipeline)
+    assert final["replacements"].get("finder", 0) >= 1
+    kept, filtered = check_against_truth(
+        read_cxi_files(pipeline.output_dir), truth_for(config), panel_height=32
+    )
+    assert (final["events_written"], final["events_filtered"]) == (kept, filtered)
+    assert final["batches_rejected"] == 0
+
+
+async def test_killed_writer_work_is_resent_and_numbers_never_repeat(make_config):
+    config = make_config("debug.write_delay_s=0.6", "replay.num_batches=8")
+    pipeline = await Pipeline.start(config)
+    await wait_for(lambda s: s["files"] >= 1 and s["writers"][0].get("pending_events"), pipeline)
+    actors = await pipeline.drainer.actors.remote()
+    ray.kill(actors["writers"][0])
+    final = await finish(pipeline)
+    assert final["replacements"].get("writer", 0) >= 1
+    events = read_cxi_files(pipeline.output_dir)  # asserts no event is in two files
+    kept, _ = check_against_truth(events, truth_for(config), panel_height=32)
+    assert len(events) == kept
+    seqs = [int(p.stem.rsplit("_", 1)[1]) for p in pipeline.output_dir.glob("*.cxi")]
+    assert len(seqs) == len(set(seqs))
+
+
+async def test_leftover_inprogress_files_are_removed_at_start(make_config):
+    config = make_config("replay.num_batches=2", "output.run=r1")
+    out = Path(config.output.output_dir) / "r1"
+    out.mkdir(parents=True)
+    leftover = out / "peaknet_r1_000007.cxi.inprogress"
+    leftover.write_bytes(b"half a file")
+    pipeline = await Pipeline.start(config)
+    await finish(pipeline)
+    assert not leftover.exists()
+    seqs = sorted(int(p.stem.rsplit("_", 1)[1]) for p in out.glob("*.cxi"))
+    assert seqs and seqs[0] == 8, "a sequence number of the crashed run was reused"
+
+
+@pytest.mark.parametrize(
+    "policy", ["reject", pytest.param("write_without_image", marks=pytest.mark.slow)]
+)
+async def test_images_whose_owner_died(make_config, policy):
+    """The producer exits before cxi_async reads its images: reject, or write peaks only."""
+    config = make_config(
+        "replay.enabled=false",
+        "replay.num_batches=3",
+        "queue.maxsize_per_shard=8",
+        "stop.idle_timeout_s=1.0",
+        f"processing.on_missing_image={policy}",
+    )
+    producer = new_replay_producer(config, num_shards=1)
+    await producer.run.remote()
+    ray.kill(producer)  # owner of every original_image_ref
+    pipeline = await Pipeline.start(config)
+    final = await finish(pipeline)
+    truth = truth_for(config)
+    events_total = sum(len(b.truth) for b in truth.values())
+    if policy == "reject":
+        assert final["batches_rejected"] == 3
+        assert final["events_rejected"] == events_total
+        assert not list(pipeline.output_dir.glob("*.cxi"))
+        assert all("image is gone" in r["reason"] for r in final["last_rejections"])
+        assert {r["batch_id"] for r in final["last_rejections"]} == set(truth)
+    else:
+        events = read_cxi_files(pipeline.output_dir)
+        kept = {(t.batch_id, t.event_index) for b in truth.values() for t in b.truth if t.kept}
+        assert set(events) == kept
+        assert final["events_rejected"] == 0
+        for path in pipeline.output_dir.glob("*.cxi"):
+            with h5py.File(path) as f:
+                assert f.attrs["images_missing"]
+
+
+async def test_write_failures_pause_draining_and_resume(make_config, tmp_path):
+    """Output directory gone: events stay, credits stop, writing resumes when it is back."""
+    config = make_config("replay.num_batches=10", "debug.write_delay_s=0.1")
+    pipeline = await Pipeline.start(config)
+    out = pipeline.output_dir
+    await wait_for(lambda s: s["files"] >= 1, pipeline)
+    away = tmp_path / "away"
+    out.rename(away)
+    stats = await wait_for(
+        lambda s: s["writers"][0].get("failing") and s["credits_in_use"] == s["credits"], pipeline
+    )
+    taken = stats["batches_taken"]
+    await asyncio.sleep(1.0)
+    stats = await pipeline.stats()
+    assert stats["batches_taken"] == taken, "Q2 kept draining while no file could be written"
+    away.rename(out)
+    final = await finish(pipeline)
+    assert final["batches_taken"] == 10
+    kept, _ = check_against_truth(read_cxi_files(out), truth_for(config), panel_height=32)
+    assert final["events_written"] == kept
+
+
+@pytest.mark.slow
+async def test_full_disk_pauses_and_resumes(make_config, tmp_path):
+    """A tiny tmpfs fills up (ENOSPC); moving files away lets writing resume."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+    ):
+        pytest.skip("needs root to mount a size-limited tmpfs")
+    try:
+        config = make_config(
+            f"output.output_dir={mount}",
+            "replay.num_batches=8",
+            "replay.num_panels=4",
+            "replay.panel_shape=[96, 96]",
+            "replay.padded_shape=[96, 96]",
+        )
+        pipeline = await Pipeline.start(config)
+        await wait_for(lambda s: s["writers"][0].get("failing"), pipeline)
+        moved = tmp_path / "moved"
+        moved.mkdir()
+
+        async def make_room() -> None:  # an operator moving finished files off the disk
+            while True:
+                for path in mount.glob("*.cxi"):
+                    shutil.move(path, moved / path.name)
+                await asyncio.sleep(0.2)
+
+        mover = asyncio.ensure_future(make_room())
+        try:
+            final = await finish(pipeline)
+        finally:
+            mover.cancel()
+        for path in mount.glob("*.cxi"):
+            shutil.move(path, moved / path.name)
+        assert final["writers"][0]["write_failures"] >= 1
+        kept, _ = check_against_truth(read_cxi_files(moved), truth_for(config), panel_height=96)
+        assert final["events_written"] == kept
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+async def test_dead_shard_is_reconnected_and_the_others_drained(make_config):
+    config = make_config(
+        "replay.enabled=false",
+        "queue.num_shards=2",
+        "queue.maxsize_per_shard=8",
+        "stop.idle_timeout_s=3.0",
+        "debug.find_delay_s=0.2",
+    )
+    shards = connect_shards(config.queue.name, config.ray.namespace, 2, 8)
+    images = []
+    for i in range(4):
+        batch = replay_batch(config, i)
+        images.append(ray.put(batch.image))
+        assert await shards[i % 2].put.remote(batch.to_item(image_ref=images[-1]))
+    pipeline = await Pipeline.start(config)
+    ray.kill(shards[1])  # batches 1 and 3 die with it (if not taken yet)
+    await asyncio.sleep(1.5)
+    new_shard = connect_shards(config.queue.name, config.ray.namespace, 2, 8)[1]
+    batch = replay_batch(config, 4)
+    images.append(ray.put(batch.image))
+    assert await new_shard.put.remote(batch.to_item(image_ref=images[-1]))
+    final = await finish(pipeline)
+    events = read_cxi_files(pipeline.output_dir)
+    written = {bid for bid, _ in events}
+    assert {"synthetic-0-000000", "synthetic-0-000002", "synthetic-0-000004"} <= (
+        written | {r["batch_id"] for r in final["last_rejections"]}
+    )
+    assert final["batches_taken"] >= 3
+
+
+def bad_items(config, tmp_path: Path) -> tuple[list, list[str]]:
+    """(items, batch ids expected to be rejected): one of each malformation."""
+    good = replay_batch(config, 0)
+    image_ref = ray.put(good.image)
+
+    def item(batch_id: str, **changes):
+        it = good.to_item(image_ref=image_ref)
+        it.batch_id = batch_id
+        for name, value in changes.items():
+            setattr(it, name, value)
+        return it
+
+    logits = good.predictions_tensor()
+    nan = logits.clone()
+    nan[0, 1, 0, 0] = float("nan")
+    meta = dict(good.metadata, photon_wavelength=np.ones(7))
+    bad = {
+        "no-predictions": item("no-predictions", predictions=None),
+        "wrong-rank": item("wrong-rank", predictions=logits[0]),
+        "three-classes": item("three-classes", predictions=torch.zeros(6, 3, 48, 48)),
+        "nan-logits": item("nan-logits", predictions=nan),
+        "bc-mismatch": item("bc-mismatch", predictions=logits[:4]),
+        "image-shape": item("image-shape", original_image_ref=ray.put(np.zeros((6, 1, 8, 8)))),
+        "metadata-length": item("metadata-length", metadata=meta),
+    }
+    items = [*bad.values(), {"not": "an item"}, 42]
+    return [good.to_item(image_ref=image_ref), *items], list(bad)
+
+
+async def test_bad_items_are_rejected_by_name_and_the_rest_written(make_config, tmp_path):
+    config = make_config(
+        "replay.enabled=false", "queue.maxsize_per_shard=16", "stop.idle_timeout_s=1.0"
+    )
+    items, expected = bad_items(config, tmp_path)
+    shard = connect_shards(config.queue.name, config.ray.namespace, 1, 16)[0]
+    for it in items:
+        assert await shard.put.remote(it)
+    pipeline = await Pipeline.start(config)
+    final = await finish(pipeline)
+    rejected = {r["batch_id"]: r["reason"] for r in final["last_rejections"]}
+    for batch_id in expected:
+        assert batch_id in rejected, f"{batch_id} was not rejected: {rejected}"
+        assert rejected[batch_id].startswith(f"batch {batch_id}:"), rejected[batch_id]
+    assert final["batches_rejected"] == len(expected) + 2  # + the dict and the int
+    assert final["batches_taken"] == len(items)
+    good = {bid for bid, _ in read_cxi_files(pipeline.output_dir)}
+    assert good == {"synthetic-0-000000"}
+
+
+async def test_item_whose_class_cannot_be_unpickled(make_config, tmp_path):
+    """The producer's package exists where the shard runs but not where the finders run."""
+    module_dir = tmp_path / "producer_pkg"
+    module_dir.mkdir()
+    (module_dir / "only_on_producer_nodes.py").write_text(
+        textwrap.dedent(
+            """
+            class PipelineOutput:
+                batch_id = "unpicklable"
+            """
+        )
+    )
+    config = make_config(
+        "replay.enabled=false", "queue.maxsize_per_shard=4", "stop.idle_timeout_s=1.0"
+    )
+    env = {"env_vars": {**ZERO_COPY_ENV, "PYTHONPATH": str(module_dir)}}
+    shard = RemoteQ2Shard.options(
+        name=f"{config.queue.name}_shard_0",
+        namespace=config.ray.namespace,
+        lifetime="detached",
+        runtime_env=env,
+    ).remote(4)
+    sys.path.insert(0, str(module_dir))
+    try:
+        import only_on_producer_nodes
+
+        assert await shard.put.remote(only_on_producer_nodes.PipelineOutput())
+    finally:
+        sys.path.remove(str(module_dir))
+        sys.modules.pop("only_on_producer_nodes", None)
+    pipeline = await Pipeline.start(config)
+    final = await finish(pipeline)
+    assert final["batches_rejected"] == 1
+    (reason,) = [r["reason"] for r in final["last_rejections"]]
+    assert "could not be read from Q2" in reason
+    with contextlib.suppress(Exception):
+        ray.kill(shard)
