@@ -120,7 +120,7 @@ class OutputConfig(_Section):
     output_dir: NonEmpty = "cxi_out"  # files go to <output_dir>/<run>/
     file_prefix: SafeName = "peaknet"  # first part of every file name
     run: SafeName | None = None  # sub-directory and file-name label; None: the start time
-    events_per_file: Count = 32  # a file is closed when it holds this many events ...
+    events_per_file: Count = 16  # a file is closed when it holds this many events ...
     max_file_age_s: Seconds = 10.0  # ... or when its first event is this old
     compression: Literal["none", "bitshuffle-lz4", "zstd", "gzip"] = "none"  # of /data
     create_output_dir: bool = True  # create output_dir when missing (else it is an error)

@@ -57,7 +57,7 @@ class ReplayProducer:
         self.put_seconds = 0.0
         self.generate_seconds = 0.0
         self.done = False
-        self.cache: dict[int, tuple[SyntheticBatch, Any]] = {}
+        self.cache: dict[int, tuple[SyntheticBatch, Any, Any]] = {}
 
     async def run(self) -> dict:
         cfg = self.config
@@ -79,7 +79,9 @@ class ReplayProducer:
                 await asyncio.sleep(max(0.0, next_time - time.monotonic()))
                 next_time += period
             t0 = time.perf_counter()
-            turn = await self._put(shards, item, turn)
+            # Serialise once: a full Q2 makes _put retry, and each retry would pickle again.
+            turn = await self._put(shards, ray.put(item), turn)
+            del item
             self.put_seconds += time.perf_counter() - t0
             self.put_count += 1
         self.done = True
@@ -95,29 +97,32 @@ class ReplayProducer:
         }
 
     async def _item(self, index: int) -> Any:
-        """The item for batch `index`; reused sources keep their image ref (put once)."""
+        """The item for batch `index`; a reused source keeps its image and logits (made once)."""
         unique = self.config.replay.unique_batches
         key = index % unique if unique else index
-        if key not in self.cache:
+        parts = self.cache.get(key)
+        if parts is None:
             t0 = time.perf_counter()
             batch = await asyncio.to_thread(make_batch, replay_spec(self.config), key)
-            image_ref = ray.put(batch.image)
+            parts = (batch, ray.put(batch.image), self._predictions(batch))
             self.generate_seconds += time.perf_counter() - t0
-            if not unique:
-                return self._to_item(batch, image_ref, _batch_id_for(self.config, index))
-            self.cache[key] = (batch, image_ref)
-        batch, image_ref = self.cache[key]
-        return self._to_item(batch, image_ref, _batch_id_for(self.config, index))
-
-    def _to_item(self, batch: SyntheticBatch, image_ref: Any, batch_id: str) -> Any:
+            if unique:
+                self.cache[key] = parts
+        batch, image_ref, predictions = parts
+        item = batch.to_item(image_ref=image_ref, inline=False)
+        item.batch_id = _batch_id_for(self.config, index)
         if self.config.replay.transport == "ref":
-            logits = batch.predictions_tensor()
-            array = logits.numpy() if str(logits.dtype) != "torch.bfloat16" else logits
-            item = batch.to_item(image_ref=image_ref, predictions_ref=ray.put(array), inline=False)
+            item.predictions_ref = predictions
         else:
-            item = batch.to_item(image_ref=image_ref)
-        item.batch_id = batch_id
+            item.predictions = predictions
         return item
+
+    def _predictions(self, batch: SyntheticBatch) -> Any:
+        """The inline tensor in the replay dtype, or a ref to the logits array."""
+        logits = batch.predictions_tensor()
+        if self.config.replay.transport == "inline":
+            return logits
+        return ray.put(logits.numpy() if str(logits.dtype) != "torch.bfloat16" else logits)
 
     async def _put(self, shards: list[Any], item: Any, turn: int) -> int:
         """Round-robin like the producer's ShardedQueueManager; wait while all are full."""

@@ -277,10 +277,10 @@ def test_credits_at_least_num_writers():
 
 
 def test_replay_credits_hold_a_file():
-    err = error(overrides=["replay.enabled=true", "processing.credits=2"])
+    err = error(overrides=["replay.enabled=true", "processing.credits=1"])
     assert str(err) == (
-        "processing.credits = 2 with replay.batch_size = 8 holds at most 16 events in flight, "
-        "fewer than output.events_per_file = 32: raise credits or lower events_per_file."
+        "processing.credits = 1 with replay.batch_size = 8 holds at most 8 events in flight, "
+        "fewer than output.events_per_file = 16: raise credits or lower events_per_file."
     )
     # Without replay the batch size is not known in advance: files close on age instead.
     assert load_config(overrides=["processing.credits=2"]).processing.credits == 2

@@ -8,6 +8,7 @@ on the writer's inbox, which is where backpressure reaches the finders.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ class Finder:
         self.busy_seconds = 0.0
         self.started = time.monotonic()
         self.zero_copy_warned = False
+        _preload_torch()
 
     async def process(self, delivery: Delivery) -> BatchResult:
         """Find peaks of one delivery, hand the result to a writer, and return it.
@@ -142,6 +144,13 @@ class Finder:
             predictions.nbytes / 1e6,
             seconds * 1e3,
         )
+
+
+def _preload_torch() -> None:
+    """Unpickling the first inline tensor imports torch (1-2 s of CPU): do it before the
+    pipeline reports itself started, not inside the first batch."""
+    with contextlib.suppress(ImportError):
+        import torch  # noqa: F401
 
 
 def _unread(delivery: Delivery, reason: str) -> BatchResult:

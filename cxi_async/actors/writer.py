@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 10.0
+MAX_CONCURRENT_WRITES = 2  # measured: overlapping one file's fsync with the next file's writes
 
 
 class Writer:
@@ -65,7 +66,7 @@ class Writer:
         self.flush_requested = False
         self.wake = asyncio.Event()
         self.loop_task: asyncio.Task | None = None
-        self.write_task: asyncio.Task | None = None
+        self.write_tasks: set[asyncio.Task] = set()
         self.retry_after = 0.0
         self.files: list[dict] = []
         self.events_written = 0
@@ -137,14 +138,19 @@ class Writer:
 
     @property
     def _writing(self) -> bool:
-        return self.write_task is not None
+        return bool(self.write_tasks)
+
+    def _may_start_write(self) -> bool:
+        """Two files at a time (one in HDF5 while the other fsyncs); one while failing."""
+        limit = 1 if self.failing_since is not None else MAX_CONCURRENT_WRITES
+        return len(self.write_tasks) < limit and time.monotonic() >= self.retry_after
 
     def _ensure_loop(self) -> None:
         if self.loop_task is None:
             self.loop_task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        """Receive results while at most one file is being written in a worker thread."""
+        """Receive results while files are written in worker threads."""
         getter: asyncio.Task | None = None
         while True:
             if getter is None:
@@ -159,23 +165,20 @@ class Writer:
                 acks = self.assembler.add(getter.result())
                 getter = None
                 await self._send_acks(acks)
-            if (
-                self.write_task is None
-                and time.monotonic() >= self.retry_after
-                and self.assembler.due(flush=self.flush_requested)
-            ):
-                self.write_task = asyncio.ensure_future(self._write_next())
-                self.write_task.add_done_callback(self._write_done)
+            while self._may_start_write() and self.assembler.due(flush=self.flush_requested):
+                task = asyncio.ensure_future(self._write_next())
+                self.write_tasks.add(task)
+                task.add_done_callback(self._write_done)
 
     def _timeout(self) -> float | None:
-        if self.write_task is not None:
+        if self.write_tasks and not self._may_start_write():
             return None  # _write_done wakes the loop
         if self.assembler.retry:
             return max(0.0, self.retry_after - time.monotonic())
         return self.assembler.seconds_until_due()
 
     def _write_done(self, task: asyncio.Task) -> None:
-        self.write_task = None
+        self.write_tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error(
                 "writer %d: unexpected error while writing a file",
