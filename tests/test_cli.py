@@ -339,7 +339,8 @@ def test_clean_run_writes_exactly_the_truth(clean_run):
         f"peaknet_{RUN}_report.json",
     }
     assert set(clean_run.names) == expected
-    assert clean_run.files_lst == [str(out.resolve() / name) for name in clean_run.cxi]
+    # files.lst is in the order files finished; two writes may overlap, so compare as sets
+    assert sorted(clean_run.files_lst) == [str(out.resolve() / name) for name in clean_run.cxi]
     assert len(clean_run.events_lst) == kept
     final = report(out)
     assert final["stats"]["events_written"] == kept
