@@ -12,8 +12,10 @@ to the working directory of the process, not to the configuration file.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +32,7 @@ __all__ = [
     "GeometryConfig",
     "OutputConfig",
     "PeakFindingConfig",
+    "PlacementConfig",
     "ProcessingConfig",
     "QueueConfig",
     "RayConfig",
@@ -54,6 +57,7 @@ NonEmpty = Annotated[str, Meta(min_length=1)]
 _SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 SafeName = Annotated[str, Meta(pattern=_SAFE_NAME)]  # becomes part of file names
 Shape2 = tuple[Count, Count]
+Amount = Annotated[float, Meta(ge=0)]  # of a Ray custom resource
 
 
 class ConfigError(ValueError):
@@ -97,6 +101,17 @@ class ProcessingConfig(_Section):
     finder_num_cpus: Cpus = 1.0  # Ray CPUs reserved per finder
     writer_num_cpus: Cpus = 1.0  # Ray CPUs reserved per writer
     on_missing_image: Literal["reject", "write_without_image"] = "reject"  # image ref lost/None
+
+
+class PlacementConfig(_Section):
+    """Where Ray puts the finders and writers (the drainer turns this into actor options)."""
+
+    finder_resources: dict[str, Amount] = {}  # custom resources per finder, e.g. {cxi_cpu = 1}
+    writer_resources: dict[str, Amount] = {}  # e.g. {output_disk = 1}: the node that owns the disk
+    finder_strategy: Literal["DEFAULT", "SPREAD"] = "DEFAULT"  # SPREAD: finders across nodes
+    writer_node_ip: NonEmpty | None = None  # pin writers to the alive node with this IP
+    finder_label_selector: dict[str, str] = {}  # node labels a finder needs, e.g. {role = "cpu"}
+    writer_label_selector: dict[str, str] = {}  # node labels a writer needs
 
 
 class PeakFindingConfig(_Section):
@@ -176,6 +191,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     ray: RayConfig = msgspec.field(default_factory=RayConfig)
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
     processing: ProcessingConfig = msgspec.field(default_factory=ProcessingConfig)
+    placement: PlacementConfig = msgspec.field(default_factory=PlacementConfig)
     peak_finding: PeakFindingConfig = msgspec.field(default_factory=PeakFindingConfig)
     geometry: GeometryConfig = msgspec.field(default_factory=GeometryConfig)
     output: OutputConfig = msgspec.field(default_factory=OutputConfig)
@@ -232,6 +248,8 @@ def _describe(t: mi.Type) -> str:
         return "one of " + ", ".join(_fmt(v) for v in t.values)
     if isinstance(t, mi.TupleType):
         return f"a list of {len(t.item_types)} values, each {_describe(t.item_types[0])}"
+    if isinstance(t, mi.DictType):
+        return f"a table {{name = value, ...}} whose values are each {_describe(t.value_type)}"
     if isinstance(t, mi.UnionType):
         # None last: "a number > 0, or none (unset)".
         words = [_describe(x) for x in t.types if not isinstance(x, mi.NoneType)]
@@ -276,6 +294,11 @@ def _toml_str(s: str) -> str:
     return "".join(out)
 
 
+def _toml_key(k: str) -> str:
+    """A table key as TOML writes it: bare when it can be, else quoted."""
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _toml_str(k)
+
+
 def _fmt(v: Any) -> str:
     """A value as TOML writes it (also used in error messages); None is 'none'."""
     if v is None:
@@ -295,7 +318,7 @@ def _fmt(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_fmt(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_fmt(x)}" for k, x in v.items()) + "}"
+        return "{" + ", ".join(f"{_toml_key(k)} = {_fmt(x)}" for k, x in v.items()) + "}"
     return repr(v)
 
 
@@ -458,6 +481,65 @@ def _check_consistency(cfg: Config) -> None:
                 f" = {_fmt(r.panel_shape)} along axis {axis}: padding only adds pixels.",
                 key="replay.padded_shape",
             )
+    _check_placement(cfg)
+
+
+# Ray's node-label syntax (Kubernetes labels), copied so that the config module needs no Ray.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*/)?{_LABEL}")
+_LABEL_SELECTOR = re.compile(rf"!?(?:in)?\({_LABEL}(?:, ?{_LABEL})*\)|!?{_LABEL}")
+_RAY_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def _check_placement(cfg: Config) -> None:
+    """Resource names and amounts Ray accepts, an IP for writer_node_ip, label syntax."""
+    pl = cfg.placement
+    for role in ("finder", "writer"):
+        key = f"placement.{role}_resources"
+        resources: dict[str, float] = getattr(pl, f"{role}_resources")
+        for name, amount in resources.items():
+            if not name.strip():
+                raise ConfigError(f"{key} = {_fmt(resources)} has an empty resource name.", key)
+            if name in _RAY_BUILTIN_RESOURCES:
+                raise ConfigError(
+                    f"{key} = {_fmt(resources)} names Ray's built-in resource {name!r}: set "
+                    f"processing.{role}_num_cpus for CPUs; {key} is for custom resources, the "
+                    f"names given to `ray start --resources`.",
+                    key,
+                )
+            if 0 < amount < 1e-4:
+                raise ConfigError(
+                    f"{key} = {_fmt(resources)} asks for {amount:g} {name!r}: Ray counts "
+                    "resources in steps of 0.0001, so use 0 or at least 0.0001.",
+                    key,
+                )
+        key = f"placement.{role}_label_selector"
+        selector: dict[str, str] = getattr(pl, f"{role}_label_selector")
+        for label, value in selector.items():
+            if not _LABEL_KEY.fullmatch(label):
+                raise ConfigError(
+                    f"{key} = {_fmt(selector)} has an invalid label name {label!r}: expected "
+                    "letters, digits, '-', '_' or '.' (at most 63, starting and ending with a "
+                    "letter or digit), optionally after a 'prefix/'.",
+                    key,
+                )
+            if not _LABEL_SELECTOR.fullmatch(value):
+                raise ConfigError(
+                    f"{key} = {_fmt(selector)} has an invalid selector {label} = {_fmt(value)}: "
+                    'expected a label value, "!value", "in(a, b)" or "!in(a, b)" (values of '
+                    "letters, digits, '-', '_' or '.', at most 63).",
+                    key,
+                )
+    if pl.writer_node_ip is not None:
+        try:
+            ipaddress.ip_address(pl.writer_node_ip)
+        except ValueError:
+            key = "placement.writer_node_ip"
+            raise ConfigError(
+                f"{key} = {_fmt(pl.writer_node_ip)} is not an IP address: give the IP of the "
+                "node that owns the output disk, as `ray status` or ray.nodes() shows it.",
+                key,
+            ) from None
 
 
 def _probe_writable(directory: Path) -> str | None:
