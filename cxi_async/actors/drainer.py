@@ -31,6 +31,7 @@ from cxi_async.config import Config, config_to_dict
 from cxi_async.finding import load_slab_layout
 from cxi_async.messages import EMPTY, SHARD_GONE, Ack, BatchResult, Delivery
 from cxi_async.metrics import PipelineMetrics
+from cxi_async.placement import actor_options, alive_nodes, check_placement
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +179,9 @@ class Drainer:
     def _new_finder(self, index: int) -> Any:
         from cxi_async.actors.finder import Finder
 
-        p = self.config.processing
         return (
             ray.remote(Finder)
-            .options(num_cpus=p.finder_num_cpus, max_restarts=0)
+            .options(**actor_options(self.config, "finder"), max_restarts=0)
             .remote(self.config, index, self.writers)
         )
 
@@ -189,9 +189,10 @@ class Drainer:
         from cxi_async.actors.writer import Writer
 
         me = ray.get_runtime_context().current_actor
+        options = actor_options(self.config, "writer", alive_nodes(ray.nodes()))
         return (
             ray.remote(Writer)
-            .options(num_cpus=self.config.processing.writer_num_cpus, max_restarts=0)
+            .options(**options, max_restarts=0)
             .remote(self.config, index, me, self.layout, self.output_dir, self.run_label)
         )
 
@@ -629,6 +630,7 @@ def _check_cpus(cfg: Config) -> None:
             f"{p.writer_num_cpus:g} need {wanted:g} CPUs but the Ray cluster has {have:g}: "
             "lower them (fractions are fine) or add nodes."
         )
+    check_placement(cfg, alive_nodes(ray.nodes()))  # custom resources, labels, writer node
 
 
 async def _placed(actors: list[Any], cfg: Config, timeout: float = 120.0) -> None:

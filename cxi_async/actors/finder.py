@@ -67,6 +67,7 @@ class Finder:
             "processed": self.processed,
             "rejected": self.rejected,
             "busy_fraction": self.busy_seconds / max(time.monotonic() - self.started, 1e-9),
+            "node_id": ray.get_runtime_context().get_node_id(),  # placement (multi-node)
         }
 
     async def ping(self) -> int:

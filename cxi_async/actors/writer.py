@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 
 from cxi_async import cxi
 from cxi_async.actors.common import is_actor_death, is_object_lost, setup_actor_logging
@@ -126,6 +127,7 @@ class Writer:
             "duplicates": self.assembler.duplicates,
             "write_failures": self.failures,
             "failing": self.failing_since is not None,
+            "node_id": ray.get_runtime_context().get_node_id(),  # placement (multi-node)
         }
 
     async def written_files(self) -> list[dict]:
