@@ -32,6 +32,7 @@ __all__ = [
     "EventPeaksLike",
     "EventRecord",
     "SequenceCounter",
+    "count_events",
     "cxi_file_name",
     "inprogress_path",
     "leftover_inprogress",
@@ -289,6 +290,12 @@ def leftover_inprogress(directory: str | os.PathLike[str], prefix: str) -> list[
             if match:
                 found.append((int(match.group(1)), Path(entry.path)))
     return sorted(found)
+
+
+def count_events(path: str | os.PathLike[str]) -> int:
+    """Frames in a finished CXI file (the length of its nPeaks)."""
+    with h5py.File(path, "r") as f:
+        return int(f[f"{RESULT_PATH}/nPeaks"].shape[0])
 
 
 class SequenceCounter:

@@ -49,6 +49,8 @@ def format_summary(stats: dict) -> str:
         ("events/s", f"{stats['events_per_s']:.1f}"),
         ("latency p50 / p99", _latency(stats)),
     ]
+    if stats.get("report"):
+        rows.append(("run report", stats["report"]))
     for kind, count in sorted(stats.get("rejections", {}).items()):
         rows.append((f"  rejected: {kind}", count))
     width = max(len(name) for name, _ in rows)

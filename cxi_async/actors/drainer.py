@@ -14,11 +14,13 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import ray
 
+from cxi_async import cxi
 from cxi_async.actors.common import is_actor_death, setup_actor_logging
 from cxi_async.actors.q2_shard import (
     check_topology,
@@ -122,6 +124,7 @@ class Drainer:
             fsync=cfg.output.fsync,
             min_interval_s=2.0,
         )
+        await asyncio.to_thread(self._adopt_unlisted_files)
         self.metrics = PipelineMetrics(cfg.queue.name)
         num_shards = await asyncio.to_thread(self._resolve_num_shards)
         check_topology(cfg.queue.name, cfg.ray.namespace, num_shards)
@@ -152,6 +155,19 @@ class Drainer:
             self.output_dir,
         )
         return {"num_shards": num_shards, "output_dir": self.output_dir}
+
+    def _adopt_unlisted_files(self) -> None:
+        """List finished files an aborted run renamed but never listed (files.lst, events.lst)."""
+        listed = {entry.path for entry in self.catalog.entries}
+        prefix = self.config.output.file_prefix
+        for path in sorted(Path(self.output_dir).glob(f"{prefix}_*.cxi")):
+            if str(path.resolve()) in listed:
+                continue
+            try:
+                self.catalog.add_file(path, cxi.count_events(path))
+                log.warning("listed %s, which an earlier run wrote but did not list", path)
+            except (OSError, KeyError, CatalogError) as exc:
+                log.warning("found %s but could not list it: %s", path, exc)
 
     def _resolve_num_shards(self) -> int:
         q = self.config.queue
