@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 
 from cxi_async import __version__
+from cxi_async.commands import add_config_arguments
 from cxi_async.config import Config, ConfigError, load_config
 from cxi_async.summary import format_progress, format_summary
 
@@ -49,18 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="TOML configuration file (see config.toml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one setting, e.g. --set processing.num_finders=4 (repeatable)",
-    )
-
-
 def setup_logging(config: Config) -> None:
     """Driver logging per system.log_level / log_file; actors log through Ray to here."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -79,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in COMMANDS and argv[0] != "run":
         from cxi_async import commands
 
-        return commands.main(argv[0], argv[1:])
+        return commands.main(argv[0], argv[1:])  # check, status, health
     if argv and argv[0] == "run":
         argv = argv[1:]
     args = build_parser().parse_args(argv)

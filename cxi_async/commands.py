@@ -52,15 +52,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"python -m cxi_async {command}", description=descriptions[command]
     )
-    parser.add_argument("config", help="TOML configuration file (see config.toml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one setting, e.g. --set queue.num_shards=4 (repeatable)",
-    )
+    add_config_arguments(parser)
     if command == "check":
         parser.add_argument(
             "--pipeline-config",
@@ -89,6 +81,19 @@ def _positive_seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text} must be > 0")
     return value
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments every command shares: the config file and --set overrides."""
+    parser.add_argument("config", help="TOML configuration file (see config.toml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting, e.g. --set processing.num_finders=4 (repeatable)",
+    )
 
 
 def main(command: str, argv: Sequence[str]) -> int:
