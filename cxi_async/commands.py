@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -238,21 +237,16 @@ def fetch_stats(config: Config, timeout_s: float = STATS_TIMEOUT_S) -> dict:
             ray.shutdown()
 
 
-def _probe(config: Config, address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+def _probe(config: Config, address: str) -> None:
     """Fail fast when nothing listens at `host:port`: ray.init retries for minutes there."""
-    target = address.removeprefix("ray://")
-    host, sep, port = target.rpartition(":")
-    if address == "auto" or not sep or not port.isdigit():
-        return
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
+    from cxi_async.pipeline import address_unreachable
+
+    reason = address_unreachable(address, PROBE_TIMEOUT_S)
+    if reason is not None:
         raise PipelineNotReachable(
             f"no cxi_async pipeline for Q2 '{config.queue.name}' is running: nothing answers at "
             f"ray.address = {address} ({reason})"
-        ) from None
+        )
 
 
 def _ask_drainer(config: Config, timeout_s: float) -> dict:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,11 +44,31 @@ def output_location(config: Config, started: float | None = None) -> tuple[Path,
     return Path(out.output_dir), label
 
 
+def address_unreachable(address: str, timeout_s: float = 5.0) -> str | None:
+    """Why nothing answers at a `host:port` / `ray://host:port` address, or None.
+
+    ray.init retries such an address for minutes; a TCP probe fails in seconds.
+    """
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+
+
 def connect_ray(config: Config) -> None:
     """Attach to `ray.address`, or start a local Ray (the embedded default)."""
     if ray.is_initialized():
         return
     rc = config.ray
+    if rc.address is not None:
+        reason = address_unreachable(rc.address)
+        if reason is not None:
+            raise PipelineError(f"nothing answers at ray.address = {rc.address} ({reason})")
     kwargs: dict[str, Any] = {"namespace": rc.namespace, "log_to_driver": True}
     if rc.address is None:
         kwargs["address"] = "local"
