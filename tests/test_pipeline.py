@@ -175,3 +175,26 @@ async def test_drain_and_stop_mid_stream_loses_nothing(make_config):
     left_in_q2 = sum(await q2_sizes(config))
     # what was not taken stays in Q2 (the producer may still be putting)
     assert taken + left_in_q2 <= 12
+
+
+async def test_auto_shards_wait_for_a_late_producer(make_config):
+    """num_shards = "auto" with wait_for_producer_s: the pipeline finds shards made later."""
+    config = make_config(
+        "replay.enabled=false",
+        "replay.num_batches=2",
+        "queue.num_shards=auto",
+        "queue.wait_for_producer_s=30",
+        "stop.idle_timeout_s=1.0",
+    )
+    starting = asyncio.ensure_future(Pipeline.start(config))
+    await asyncio.sleep(1.0)
+    assert not starting.done()
+    producer = new_replay_producer(config, num_shards=2)
+    await producer.run.remote()
+    pipeline = await starting
+    final = await pipeline.wait()
+    assert final["batches_taken"] == 2
+    assert final["events_written"] == sum(
+        t.kept for b in truth_for(config).values() for t in b.truth
+    )
+    ray.kill(producer)

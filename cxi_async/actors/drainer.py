@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 HEALTH_INTERVAL_S = 1.0
 MAX_ATTEMPTS = 3  # a batch that kills this many finders is rejected
 SIZE_TIMEOUT_S = 5.0
+SHARD_SETTLE_S = 1.0  # with num_shards = "auto": how long the shard count must stay the same
 
 
 @dataclass
@@ -177,7 +178,12 @@ class Drainer:
         while True:
             found = find_shard_indices(q.name, self.config.ray.namespace)
             if found:
-                return len(found)
+                # The producer creates its shards one by one: take the count once it is stable.
+                time.sleep(SHARD_SETTLE_S)
+                again = find_shard_indices(q.name, self.config.ray.namespace)
+                if again == found:
+                    return len(found)
+                continue
             if time.monotonic() >= deadline:
                 hint = wrong_namespace_hint(q.name, self.config.ray.namespace)
                 if hint:
