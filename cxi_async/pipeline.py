@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cxi_async.config import Config, load_config
 
@@ -120,7 +121,16 @@ class Pipeline:
             pass
         drainer = (
             ray.remote(Drainer)
-            .options(name=name, namespace=config.ray.namespace, num_cpus=0, max_restarts=0)
+            .options(
+                name=name,
+                namespace=config.ray.namespace,
+                num_cpus=0,
+                max_restarts=0,
+                # beside this process: it writes the lists and status.json into output_dir
+                scheduling_strategy=NodeAffinitySchedulingStrategy(
+                    ray.get_runtime_context().get_node_id(), soft=True
+                ),
+            )
             .remote(config, str(output_dir.resolve()), run_label)
         )
         pipeline = cls(config, drainer, output_dir)

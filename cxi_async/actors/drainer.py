@@ -530,13 +530,19 @@ class Drainer:
         """Every second: replace dead actors, publish metrics, refresh status.json."""
         while True:
             await asyncio.sleep(HEALTH_INTERVAL_S)
-            await self._publish()
-            for i, writer in enumerate(list(self.writers)):
-                if await _dead(writer):
-                    await self._replace_writer(i, writer)
-            for i, finder in enumerate(list(self.finders)):
-                if await _dead(finder):
-                    self._replace_finder(i, finder)
+            try:
+                await self._check_health()
+            except Exception:  # e.g. no node can hold a replacement now: try again later
+                log.exception("health check failed; retrying in %.0f s", HEALTH_INTERVAL_S)
+
+    async def _check_health(self) -> None:
+        await self._publish()
+        for i, writer in enumerate(list(self.writers)):
+            if await _dead(writer):
+                await self._replace_writer(i, writer)
+        for i, finder in enumerate(list(self.finders)):
+            if await _dead(finder):
+                self._replace_finder(i, finder)
 
     async def _publish(self) -> None:
         stats = await self.stats()
