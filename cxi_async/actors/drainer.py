@@ -129,12 +129,15 @@ class Drainer:
         self.metrics = PipelineMetrics(cfg.queue.name)
         num_shards = await asyncio.to_thread(self._resolve_num_shards)
         check_topology(cfg.queue.name, cfg.ray.namespace, num_shards)
+        # Shards cxi_async creates serialise tensors zero-copy, except in a replay drill
+        # that asks for the slow path (replay.zero_copy = false).
         self.shards = await asyncio.to_thread(
             connect_shards,
             cfg.queue.name,
             cfg.ray.namespace,
             num_shards,
             cfg.queue.maxsize_per_shard,
+            cfg.replay.zero_copy or not cfg.replay.enabled,
         )
         _check_cpus(cfg)
         self.writers = [self._new_writer(i) for i in range(cfg.output.num_writers)]
