@@ -2,8 +2,9 @@
 
     python bench/bench_pipeline.py [--events N | --batches N] [--repeats 3] [--finders 2]
         [--credits 8] [--batch-size 8] [--dtype float32|float16|bfloat16]
-        [--transport inline|ref] [--zero-copy/--no-zero-copy] [--fsync/--no-fsync]
-        [--writers 1] [--baseline/--no-baseline] [--json out.json] [--out-dir DIR]
+        [--transport inline|ref] [--zero-copy/--no-zero-copy] [--fsync on|off|both]
+        [--writers 1] [--baseline/--no-baseline] [--disk-rate/--no-disk-rate]
+        [--json out.json] [--out-dir DIR]
 
 One local Ray (``num_cpus=2``) for the whole invocation; every repeat uses a fresh namespace
 and a fresh output directory (deleted afterwards unless --out-dir). The base configuration is
@@ -31,6 +32,13 @@ Memory is sampled every ``--sample-interval`` s over the process tree of this Ra
   - PSS (``--pss``, opt-in: reading smaps costs real CPU with a large store mapped).
 CPU seconds and minor page faults per process over the window are grouped by role
 (``ray::Finder`` ... from process titles); the baseline runs first, on the same Ray.
+
+Durability (``--disk-rate``, on by default): before each repeat's window (after the prefill)
+bench_disk.measure_disk_rate writes a few files of one CXI file's size (events_per_file x
+bytes per event), fsync per file, into the directory the pipeline then writes to, buffered
+and O_DIRECT; the faster median is "the disk's rate" and the report gives the pipeline's
+written MB/s (window and steady) as a % of it. ``--fsync both`` runs every repeat with fsync
+on and then off, interleaved, in the same Ray.
 """
 
 from __future__ import annotations
@@ -65,6 +73,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from baseline_sync import baseline_overrides, run_baseline
+from bench_disk import MODES as DISK_MODES
+from bench_disk import measure_disk_rate
 
 from cxi_async.actors.q2_shard import connect_shards
 from cxi_async.config import Config, load_config
@@ -385,13 +395,15 @@ def _gb(v: float | None) -> float | None:
 # --------------------------------------------------------------------------- one repeat
 
 
-def make_config(args: argparse.Namespace, namespace: str, out_dir: Path, run: str) -> Config:
+def make_config(
+    args: argparse.Namespace, namespace: str, out_dir: Path, run: str, fsync: bool | None = None
+) -> Config:
     overrides = baseline_overrides(
         dtype=args.dtype,
         batch_size=args.batch_size,
         transport=args.transport,
         zero_copy=args.zero_copy,
-        fsync=args.fsync,
+        fsync=args.fsync_settings[0] if fsync is None else fsync,
         unique_batches=args.unique_batches,
         num_batches=args.batches,
         namespace=namespace,
@@ -402,7 +414,7 @@ def make_config(args: argparse.Namespace, namespace: str, out_dir: Path, run: st
         f"processing.num_finders={args.finders}",
         f"processing.credits={args.credits}",
         f"output.num_writers={args.writers}",
-        f"output.events_per_file={args.events_per_file}",
+        *_events_per_file(args),
         f'output.output_dir="{out_dir}"',
         f'output.run="{run}"',
         "stop.idle_timeout_s=30",  # a stuck run ends; normally stop_when_empty ends it
@@ -412,6 +424,30 @@ def make_config(args: argparse.Namespace, namespace: str, out_dir: Path, run: st
         overrides.append(f'geometry.geom_file="{args.geom}"')
     overrides += args.set
     return load_config(args.config, overrides)
+
+
+def _events_per_file(args: argparse.Namespace) -> list[str]:
+    """The --set override for --events-per-file, none when left to config.toml."""
+    n = args.events_per_file
+    return [] if n is None else [f"output.events_per_file={n}"]
+
+
+def measure_disk(args: argparse.Namespace, config: Config, directory: Path) -> dict:
+    """The disk's rate in `directory`: files of one CXI file's size, fsync per file."""
+    s = sizes(config)
+    event_bytes = s["slab"] + s["peaks"]
+    file_bytes = int(config.output.events_per_file * event_bytes)
+    modes = DISK_MODES if args.disk_mode == "both" else (args.disk_mode,)
+    rates = {
+        m: measure_disk_rate(directory, file_bytes, files=args.disk_files, mode=m) for m in modes
+    }
+    best = max((r.mb_per_s for r in rates.values() if r.mb_per_s), default=None)
+    return {
+        "modes": {m: asdict(r) for m, r in rates.items()},
+        "mb_per_s": best,
+        "event_mb": event_bytes / MB,
+        "file_mb": file_bytes / MB,
+    }
 
 
 async def _wait_prefilled(shard: Any, want: int, run_ref: Any, timeout: float = 600.0) -> int:
@@ -441,11 +477,11 @@ async def wait_for_quiet(max_wait: float, threshold: float = 0.15) -> float:
             return busy
 
 
-async def run_repeat(args: argparse.Namespace, repeat: int, sampler: Sampler) -> dict:
+async def run_repeat(args: argparse.Namespace, repeat: int, sampler: Sampler, fsync: bool) -> dict:
     namespace = f"cxi-bench-{uuid.uuid4().hex[:8]}"
     root = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="cxi_bench_"))
-    run = f"{args.order}-r{repeat}"
-    config = make_config(args, namespace, root, run)
+    run = f"{args.order}-fsync-{'on' if fsync else 'off'}-r{repeat}"
+    config = make_config(args, namespace, root, run, fsync)
     no_replay = msgspec.structs.replace(
         config, replay=msgspec.structs.replace(config.replay, enabled=False)
     )
@@ -469,6 +505,8 @@ async def run_repeat(args: argparse.Namespace, repeat: int, sampler: Sampler) ->
             want = min(args.prefill or args.batches, args.batches)
             result["prefilled_batches"] = await _wait_prefilled(shard, want, run_ref)
             result["prefill_s"] = time.monotonic() - t
+            if args.disk_rate:
+                result["disk"] = await asyncio.to_thread(measure_disk, args, config, root)
             sampler.mark(f"pre{repeat}")
             t = time.monotonic()
             pipeline = await Pipeline.start(no_replay)
@@ -485,6 +523,8 @@ async def run_repeat(args: argparse.Namespace, repeat: int, sampler: Sampler) ->
             watcher.cancel()
             result["producer"] = await run_ref
         else:
+            if args.disk_rate:
+                result["disk"] = await asyncio.to_thread(measure_disk, args, config, root)
             sampler.mark(f"pre{repeat}")
             t = time.monotonic()
             pipeline = await Pipeline.start(config)
@@ -546,8 +586,20 @@ def summarize_repeat(
     cpu = window["cpu_s_by_role"]
     pipeline_cpu = sum(cpu.get(role, 0.0) for role in PIPELINE_ROLES)
     batch_bytes = sizes(config)["logits"] * config.replay.batch_size
+    steady = steady_rate(result.get("file_times", []), hit)
+    mb_s = final["bytes_written"] / wall / MB if wall else None
+    per_written = final["bytes_written"] / written if written else None
+    steady_mb_s = steady * hit * per_written / MB if steady and per_written else None
+    disk = (result.get("disk") or {}).get("mb_per_s")
     return {
         **result,
+        "fsync": config.output.fsync,
+        "events_per_file": config.output.events_per_file,
+        "written_mb_per_s": mb_s,
+        "steady_written_mb_per_s": steady_mb_s,
+        "disk_mb_per_s": disk,
+        "pct_of_disk": 100 * mb_s / disk if disk and mb_s else None,
+        "steady_pct_of_disk": 100 * steady_mb_s / disk if disk and steady_mb_s else None,
         "window_s": wall,
         "events": events,
         "events_written": written,
@@ -556,7 +608,7 @@ def summarize_repeat(
         "batches_done": final["batches_done"],
         "batches_rejected": final["batches_rejected"],
         "events_per_s": events / wall if wall else 0.0,
-        "steady_events_per_s": steady_rate(result.get("file_times", []), hit),
+        "steady_events_per_s": steady,
         "latency_p50_s": final["latency_p50_s"],
         "latency_p99_s": final["latency_p99_s"],
         "files": final["files"],
@@ -595,77 +647,107 @@ def _fmt(v: Any, spec: str = ".2f") -> str:
     return format(v, spec)
 
 
+def _onoff(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
 def print_report(report: dict) -> None:
     a = report["settings"]
     reps = report["repeats"]
-    s = report["summary"]
     print()
     print(
         f"cxi_async pipeline bench: {a['batches']} batches x {a['batch_size']} events, "
-        f"{a['dtype']} logits, transport {a['transport']}, zero-copy "
-        f"{'on' if a['zero_copy'] else 'off'}, fsync {'on' if a['fsync'] else 'off'}, "
-        f"{a['finders']} finders, {a['writers']} writer(s), {a['credits']} credits, "
-        f"Ray num_cpus={NUM_CPUS}, object store {a['object_store_gb']:.1f} GB, order "
-        f"{a['order']}, Q2 prefilled with {reps[0].get('prefilled_batches', 0)} batches"
+        f"{a['dtype']} logits, transport {a['transport']}, zero-copy {_onoff(a['zero_copy'])}, "
+        f"fsync {a['fsync']}, {a['finders']} finders, {a['writers']} writer(s), "
+        f"{a['credits']} credits, {reps[0]['events_per_file']} events per file, Ray "
+        f"num_cpus={NUM_CPUS}, object store {a['object_store_gb']:.1f} GB, order {a['order']}, "
+        f"Q2 prefilled with {reps[0].get('prefilled_batches', 0)} batches"
     )
     print(
         "timed window: Pipeline.start() returned (the drainer is taking) -> Pipeline.wait() "
         "returned (every event in a renamed file or filtered, every batch acked); "
         "events = written + filtered"
     )
+    _print_table(reps)
+    b = report.get("baseline")
+    for group in report["groups"]:
+        s = group["summary"]
+        print(
+            f"fsync {_onoff(group['fsync'])}: events/s min / median / max: "
+            f"{s['events_per_s_min']:.1f} / {s['events_per_s_median']:.1f} / "
+            f"{s['events_per_s_max']:.1f}   steady (first -> last file) median: "
+            f"{_fmt(s['steady_events_per_s_median'], '.1f')}   latency p50 / p99 (median): "
+            f"{_fmt(s['latency_p50_s'])} / {_fmt(s['latency_p99_s'])} s   written MB/s "
+            f"(median): {_fmt(s['written_mb_per_s_median'], '.0f')}"
+        )
+    print(
+        "columns: steady = events/s between the first and the last file; MB/s = file bytes "
+        "written / window; disk = the disk's own rate measured just before the window "
+        "(bench_disk.py: the faster of buffered and O_DIRECT, fsync per file); %disk = MB/s / "
+        "disk; RSS = sum of RSS over the Ray tree (a shared store page counts once per process "
+        "that touched it); foot = peak private memory of the tree + object-store pages "
+        "resident (plasma high-water, includes Q2's prefilled items); +store = growth of the "
+        "object store in use during the window (GCS view: the pipeline's in-flight objects; "
+        f"bound credits x batch = {reps[0]['bound_credits_x_batch_gb']:.2f} GB); ms/ev = CPU "
+        f"of the pipeline's processes ({', '.join(PIPELINE_ROLES)}) per event; ceil = "
+        f"{NUM_CPUS} cores / ms/ev, the rate if nothing but that CPU limited it; CPU% = tree "
+        f"CPU / (window x {NUM_CPUS}); other s = CPU used on this machine outside the tree "
+        "(shared machine)"
+    )
+    if b:
+        s = report["groups"][0]["summary"]
+        print(
+            f"baseline (bench/baseline_sync.py: one synchronous loop in the driver, source "
+            f"{b['source']}, {b['batches']} batches, fsync "
+            f"{_onoff(report['groups'][0]['fsync'])}): {b['events']} events in "
+            f"{b['seconds']:.2f} s = {b['events_per_s']:.2f} events/s, latency p50 "
+            f"{_fmt(b['latency_p50_s'])} s, peak footprint {_fmt(b.get('peak_footprint_gb'))}"
+            " GB; stages " + ", ".join(f"{k} {v:.2f} s" for k, v in b["stage_seconds"].items())
+        )
+        print(
+            f"ratio pipeline / baseline (median events/s, same fsync): "
+            f"{s['ratio_vs_baseline']:.1f}x   (steady: "
+            f"{_fmt(s.get('steady_ratio_vs_baseline'), '.1f')}x)"
+        )
+    for group in report["groups"]:
+        greps = [r for r in reps if r["fsync"] == group["fsync"]]
+        _print_where(greps[group["summary"]["median_index"]], a)
+    r = reps[report["summary"]["median_index"]]
+    _print_copies(report, r)
+    _print_durability(report)
+
+
+def _print_table(reps: list[dict]) -> None:
     head = (
-        f"{'rep':>3} {'events':>6} {'window s':>8} {'ev/s':>6} {'steady':>6} {'p50 s':>6} "
-        f"{'p99 s':>6} {'files':>5} {'RSS GB':>6} {'foot GB':>7} {'priv GB':>7} "
-        f"{'+store':>6} {'ms/ev':>5} {'ceil':>5} {'CPU%':>4} {'other s':>7}"
+        f"{'rep':>3} {'fsync':>5} {'events':>6} {'window s':>8} {'ev/s':>6} {'steady':>6} "
+        f"{'p50 s':>6} {'p99 s':>6} {'files':>5} {'MB/s':>5} {'disk':>5} {'%disk':>5} "
+        f"{'RSS GB':>6} {'foot GB':>7} {'+store':>6} {'ms/ev':>5} {'ceil':>5} {'CPU%':>4} "
+        f"{'other s':>7}"
     )
     print(head)
     print("-" * len(head))
     for r in reps:
         m = r["memory"]
         print(
-            f"{r['repeat']:>3} {r['events']:>6} {r['window_s']:>8.2f} {r['events_per_s']:>6.1f} "
-            f"{_fmt(r['steady_events_per_s'], '.1f'):>6} {_fmt(r['latency_p50_s']):>6} "
-            f"{_fmt(r['latency_p99_s']):>6} {r['files']:>5} {_fmt(m['peak_rss_sum_gb']):>6} "
-            f"{_fmt(m['peak_footprint_gb']):>7} {_fmt(m['peak_private_sum_gb']):>7} "
-            f"{_fmt(m['store_growth_gb']):>6} {_fmt(r['pipeline_cpu_ms_per_event'], '.0f'):>5} "
+            f"{r['repeat']:>3} {_onoff(r['fsync']):>5} {r['events']:>6} {r['window_s']:>8.2f} "
+            f"{r['events_per_s']:>6.1f} {_fmt(r['steady_events_per_s'], '.1f'):>6} "
+            f"{_fmt(r['latency_p50_s']):>6} {_fmt(r['latency_p99_s']):>6} {r['files']:>5} "
+            f"{_fmt(r['written_mb_per_s'], '.0f'):>5} {_fmt(r['disk_mb_per_s'], '.0f'):>5} "
+            f"{_fmt(r['pct_of_disk'], '.0f'):>5} {_fmt(m['peak_rss_sum_gb']):>6} "
+            f"{_fmt(m['peak_footprint_gb']):>7} {_fmt(m['store_growth_gb']):>6} "
+            f"{_fmt(r['pipeline_cpu_ms_per_event'], '.0f'):>5} "
             f"{_fmt(r['cpu_bound_ceiling_events_per_s'], '.0f'):>5} "
             f"{_fmt(100 * r['cpu_utilisation'], '.0f'):>4} {r['cpu_s_outside_tree']:>7.1f}"
         )
-    print(
-        f"events/s min / median / max: {s['events_per_s_min']:.1f} / "
-        f"{s['events_per_s_median']:.1f} / {s['events_per_s_max']:.1f}   steady (first -> last "
-        f"file) median: {_fmt(s['steady_events_per_s_median'], '.1f')}   latency p50 / p99 "
-        f"(median): {_fmt(s['latency_p50_s'])} / {_fmt(s['latency_p99_s'])} s"
-    )
-    print(
-        "columns: steady = events/s between the first and the last file; RSS = sum of RSS over "
-        "the Ray tree (a shared store page counts once per process that touched it); foot = "
-        "peak private memory of the tree + object-store pages resident (plasma high-water, "
-        "includes Q2's prefilled items); priv = peak private (anonymous) memory of the tree; "
-        "+store = growth of the object store in use during the window (GCS view: the "
-        "pipeline's in-flight objects; bound credits x batch = "
-        f"{reps[0]['bound_credits_x_batch_gb']:.2f} GB); ms/ev = CPU of the pipeline's "
-        f"processes ({', '.join(PIPELINE_ROLES)}) per event; ceil = {NUM_CPUS} cores / ms/ev, "
-        "the rate if nothing but that CPU limited it; CPU% = tree CPU / (window x "
-        f"{NUM_CPUS}); other s = CPU used on this machine outside the tree (shared machine)"
-    )
-    b = report.get("baseline")
-    if b:
-        print(
-            f"baseline (bench/baseline_sync.py: one synchronous loop in the driver, source "
-            f"{b['source']}, {b['batches']} batches): {b['events']} events in "
-            f"{b['seconds']:.2f} s = {b['events_per_s']:.2f} events/s, latency p50 "
-            f"{_fmt(b['latency_p50_s'])} s, peak footprint {_fmt(b.get('peak_footprint_gb'))}"
-            " GB; stages " + ", ".join(f"{k} {v:.2f} s" for k, v in b["stage_seconds"].items())
-        )
-        print(
-            f"ratio pipeline / baseline (median events/s): {s['ratio_vs_baseline']:.1f}x"
-            f"   (steady: {_fmt(s.get('steady_ratio_vs_baseline'), '.1f')}x)"
-        )
-    r = reps[s["median_index"]]
+
+
+def _print_where(r: dict, a: dict) -> None:
     wall = r["window_s"]
     print()
-    print(f"where the time goes (repeat {r['repeat']}, the median; CPU seconds in the window):")
+    print(
+        f"where the time goes (fsync {_onoff(r['fsync'])}, repeat {r['repeat']}, the median; "
+        "CPU seconds in the window):"
+    )
     for role, sec in r["cpu_s_by_role"].items():
         if sec >= 0.05:
             note = " (incl. this bench's sampler: " if role == "bench driver" else ""
@@ -694,6 +776,9 @@ def print_report(report: dict) -> None:
         f"{p.get('generate_seconds', 0):.2f} ({a['unique_batches']} unique batches); its CPU "
         "inside the window is the ReplayProducer row"
     )
+
+
+def _print_copies(report: dict, r: dict) -> None:
     print()
     print(f"bytes copied per event (analytical, from the design; hit rate {r['hit_rate']:.2f}):")
     total = {"producer": 0.0, "pipeline": 0.0}
@@ -709,6 +794,47 @@ def print_report(report: dict) -> None:
         f" MB; bytes passed to the writer process's write() calls per written event "
         f"{_fmt((r['write_chars_per_written_event'] or 0) / MB)} MB"
     )
+
+
+def _print_durability(report: dict) -> None:
+    """The disk's own rate in this run against what the pipeline wrote, per fsync setting."""
+    reps = [r for r in report["repeats"] if r.get("disk")]
+    if not reps:
+        return
+    d0 = reps[0]["disk"]
+    print()
+    print(
+        f"durability: the disk's own rate, measured before each window in the pipeline's "
+        f"output directory ({report['settings']['disk_files']} files of {d0['file_mb']:.0f} MB "
+        f"= one file of {reps[0]['events_per_file']} events x {d0['event_mb']:.2f} MB, fsync "
+        "per file; MB/s over the files, median per repeat):"
+    )
+    for mode in d0["modes"]:
+        rates = [r["disk"]["modes"][mode]["mb_per_s"] for r in reps]
+        rates = [x for x in rates if x]
+        if not rates:
+            print(f"  {mode:<8} not measured: {d0['modes'][mode].get('error')}")
+            continue
+        med = statistics.median(rates)
+        print(
+            f"  {mode:<8} median {med:5.0f} MB/s (repeats {min(rates):.0f}..{max(rates):.0f})"
+            f" = {med / d0['event_mb']:5.1f} written events/s ceiling"
+        )
+    for group in report["groups"]:
+        s = group["summary"]
+        if s.get("disk_mb_per_s_median") is None:
+            continue
+        hit = statistics.median(r["hit_rate"] for r in reps if r["fsync"] == group["fsync"])
+        print(
+            f"  fsync {_onoff(group['fsync'])}: the pipeline wrote "
+            f"{_fmt(s['written_mb_per_s_median'], '.0f')} MB/s over the window, "
+            f"{_fmt(s['steady_written_mb_per_s_median'], '.0f')} MB/s steady = "
+            f"{_fmt(s['pct_of_disk_median'], '.0f')} % / "
+            f"{_fmt(s['steady_pct_of_disk_median'], '.0f')} % of the disk's rate "
+            f"({s['disk_mb_per_s_median']:.0f} MB/s = "
+            f"{s['disk_mb_per_s_median'] / d0['event_mb'] / hit:.1f} events/s at hit rate "
+            f"{hit:.2f}; median of per-repeat ratios)"
+        )
 
 
 def summarize(repeats: list[dict], baseline: dict | None) -> dict:
@@ -729,6 +855,13 @@ def summarize(repeats: list[dict], baseline: dict | None) -> dict:
             [r["pipeline_cpu_ms_per_event"] for r in repeats]
         ),
         "median_index": order[len(order) // 2],
+        "written_mb_per_s_median": _median([r.get("written_mb_per_s") for r in repeats]),
+        "steady_written_mb_per_s_median": _median(
+            [r.get("steady_written_mb_per_s") for r in repeats]
+        ),
+        "disk_mb_per_s_median": _median([r.get("disk_mb_per_s") for r in repeats]),
+        "pct_of_disk_median": _median([r.get("pct_of_disk") for r in repeats]),
+        "steady_pct_of_disk_median": _median([r.get("steady_pct_of_disk") for r in repeats]),
     }
     if baseline and baseline["events_per_s"]:
         out["ratio_vs_baseline"] = med / baseline["events_per_s"]
@@ -758,9 +891,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     p.add_argument("--transport", choices=("inline", "ref"), default="inline")
     p.add_argument("--zero-copy", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--fsync", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--fsync",
+        choices=("on", "off", "both"),
+        default="on",
+        help="fsync every file (on), never (off), or every repeat with both, interleaved",
+    )
+    p.add_argument("--no-fsync", dest="fsync", action="store_const", const="off")
+    p.add_argument(
+        "--disk-rate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure the output disk's own rate before each repeat (bench_disk.py)",
+    )
+    p.add_argument("--disk-files", type=int, default=3, help="files per disk-rate mode")
+    p.add_argument("--disk-mode", choices=(*DISK_MODES, "both"), default="both")
     p.add_argument("--writers", type=int, default=1)
-    p.add_argument("--events-per-file", type=int, default=32)
+    p.add_argument("--events-per-file", type=int, default=None, help="default: config.toml's value")
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--baseline-batches", type=int, default=4)
     p.add_argument("--baseline-source", choices=("q2", "list"), default="q2")
@@ -789,6 +936,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", metavar="OUT.json", help="write the full report as JSON")
     p.add_argument("--out-dir", help="keep the CXI files here (default: a temp dir, deleted)")
     args = p.parse_args(argv)
+    args.fsync_settings = {"on": [True], "off": [False], "both": [True, False]}[args.fsync]
     if args.batches is None:
         events = args.events if args.events is not None else 192
         args.batches = max(1, math.ceil(events / args.batch_size))
@@ -827,19 +975,28 @@ async def amain(args: argparse.Namespace) -> dict:
                 flush=True,
             )
         for i in range(args.repeats):
-            res = await run_repeat(args, i, sampler)
-            repeats.append(res)
-            print(
-                f"repeat {i}: {res['events']} events in {res['window_s']:.2f} s = "
-                f"{res['events_per_s']:.1f} events/s (startup {res['startup_s']:.1f} s, "
-                f"prefill {res.get('prefill_s', 0):.1f} s, other load "
-                f"{res['cpu_s_outside_tree']:.1f} CPU s)",
-                flush=True,
-            )
+            for fsync in args.fsync_settings:
+                res = await run_repeat(args, i, sampler, fsync)
+                repeats.append(res)
+                disk = res.get("disk_mb_per_s")
+                print(
+                    f"repeat {i} fsync {'on' if fsync else 'off'}: {res['events']} events in "
+                    f"{res['window_s']:.2f} s = {res['events_per_s']:.1f} events/s, "
+                    f"{_fmt(res['written_mb_per_s'], '.0f')} MB/s written"
+                    + (f" (disk {disk:.0f} MB/s)" if disk else "")
+                    + f" (startup {res['startup_s']:.1f} s, prefill "
+                    f"{res.get('prefill_s', 0):.1f} s, other load "
+                    f"{res['cpu_s_outside_tree']:.1f} CPU s)",
+                    flush=True,
+                )
     finally:
         sampler.finish()
     config = make_config(args, "copies", Path(tempfile.gettempdir()), "copies")
     hit = statistics.median(r["hit_rate"] for r in repeats)
+    groups = []
+    for fsync in args.fsync_settings:
+        reps = [r for r in repeats if r["fsync"] == fsync]
+        groups.append({"fsync": fsync, "summary": summarize(reps, baseline)})
     return {
         "settings": vars(args),
         "machine": {
@@ -850,7 +1007,8 @@ async def amain(args: argparse.Namespace) -> dict:
         },
         "repeats": repeats,
         "baseline": baseline,
-        "summary": summarize(repeats, baseline),
+        "summary": groups[0]["summary"],
+        "groups": groups,
         "copies": copies_per_event(config, hit),
         "series": sampler.series if args.json else None,
     }
@@ -866,12 +1024,12 @@ def run_baseline_measured(args: argparse.Namespace, sampler: Sampler) -> dict:
                 batch_size=args.batch_size,
                 transport=args.transport,
                 zero_copy=args.zero_copy,
-                fsync=args.fsync,
+                fsync=args.fsync_settings[0],
                 unique_batches=args.unique_batches,
                 num_batches=args.baseline_batches,
                 namespace=namespace,
             ),
-            f"output.events_per_file={args.events_per_file}",
+            *_events_per_file(args),
             *([f'geometry.geom_file="{args.geom}"'] if args.geom else []),
         ],
     )
