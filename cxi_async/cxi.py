@@ -2,7 +2,12 @@
 
 A file is written as ``<name>.cxi.inprogress`` and renamed to ``<name>.cxi`` only after HDF5
 has closed it (and, with ``fsync``, after its bytes are on disk), so a reader or a crash never
-sees a half-written ``.cxi``. The layout is the one in ``cxi-format.md``; CrystFEL reads it with
+sees a half-written ``.cxi``. With ``fsync`` and no compression the frames bypass the page
+cache: HDF5 allocates every chunk up front (4 KiB aligned) and the frames go to those offsets
+with ``O_DIRECT`` writes, which the device reads straight from a reused frame buffer. Copying
+8.65 MB per event into fresh page-cache pages was most of the writer's CPU (see
+bench/README.md), and the page cache only delays bytes that must reach the disk anyway.
+The layout is the one in ``cxi-format.md``; CrystFEL reads it with
 ``--peaks=cxi`` and a slab geometry. No Ray here: the writer actor calls this from a thread.
 """
 
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
 import re
 import threading
@@ -47,6 +53,8 @@ DATA_PATH = "/entry_1/data_1/data"
 RESULT_PATH = "/entry_1/result_1"
 PHOTON_ENERGY_PATH = "/LCLS/photon_energy_eV"
 TIMESTAMP_PATH = "/LCLS/detector_1/timestamp"
+
+DIRECT_ALIGN = 4096  # O_DIRECT: offsets, lengths and buffers aligned to this (>= any block size)
 
 # File attributes this module owns; caller attrs may not shadow them.
 _RESERVED_ATTRS = frozenset(
@@ -377,6 +385,37 @@ def _fsync_path(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
+class _FramePool:
+    """Page-aligned float32 frame buffers, reused across files.
+
+    A fresh 8.65 MB buffer per file costs a page fault per 4 KiB on first touch (and on a VM
+    that returns freed memory to its host, a host fault too); O_DIRECT needs the alignment.
+    Holds at most as many buffers as files were ever written at the same time.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: dict[tuple[int, int], list[np.ndarray]] = {}
+
+    def take(self, shape: tuple[int, int]) -> np.ndarray:
+        with self._lock:
+            free = self._free.get(shape)
+            if free:
+                return free.pop()
+        nbytes = shape[0] * shape[1] * 4
+        buf = mmap.mmap(-1, -(-nbytes // DIRECT_ALIGN) * DIRECT_ALIGN)
+        with contextlib.suppress(AttributeError, OSError):
+            buf.madvise(mmap.MADV_HUGEPAGE)  # fewer pages to fault in and to pin for DMA
+        return np.frombuffer(buf, dtype=np.float32, count=shape[0] * shape[1]).reshape(shape)
+
+    def give(self, frame: np.ndarray) -> None:
+        with self._lock:
+            self._free.setdefault(frame.shape, []).append(frame)
+
+
+_FRAMES = _FramePool()
+
+
 def write_cxi_file(
     final_path: str | os.PathLike[str],
     events: CxiEvents,
@@ -391,7 +430,7 @@ def write_cxi_file(
     """Write ``events`` to ``final_path`` via ``<final_path>.inprogress`` and a rename.
 
     ``fill_frame(i, out)`` writes event ``i``'s slab image into ``out``, a float32 (SS, FS)
-    buffer that is reused for every frame (one copy per panel, straight into what HDF5 writes).
+    buffer that is reused for every frame (one copy per panel, straight into what is written).
     ``out`` starts as zeros and then holds the previous frame: pixels the callback never touches
     (gaps of a fixed layout) stay 0, and a callback without an image for event ``i`` must zero
     ``out`` itself. ``fill_frame=None`` writes no image chunks at all: the data dataset exists
@@ -413,14 +452,18 @@ def write_cxi_file(
     _check_attrs(attrs)
     filters = _compression_kwargs(compression)
 
+    # O_DIRECT needs whole aligned blocks: every frame size of a real detector is one.
+    direct = fsync and fill_frame is not None and not filters and (ss * fs * 4) % DIRECT_ALIGN == 0
+    # HDF5 aligns every object at least one frame large (the chunks) to DIRECT_ALIGN.
+    align = {"alignment_threshold": ss * fs * 4, "alignment_interval": DIRECT_ALIGN}
     created = False
     renamed = False
     try:
         if final_path.exists():
             raise FileExistsError(errno.EEXIST, "refusing to overwrite an existing CXI file")
-        with h5py.File(tmp_path, "w-") as f:
+        with h5py.File(tmp_path, "w-", **(align if direct else {})) as f:
             created = True
-            _write_contents(f, events, (ss, fs), fill_frame, filters)
+            offsets = _write_contents(f, events, (ss, fs), fill_frame, filters, direct)
             f.attrs["cxi_async_version"] = cxi_async.__version__
             f.attrs["creation_time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             f.attrs["filtered_events"] = np.int64(filtered_events)
@@ -430,6 +473,8 @@ def write_cxi_file(
             f.attrs["max_num_peak"] = np.int64(events.max_num_peak)
             for key, value in attrs.items():
                 f.attrs[key] = value
+        if offsets is not None and fill_frame is not None:
+            _write_frames(tmp_path, offsets, (ss, fs), fill_frame)
         if fsync:
             _fsync_path(tmp_path)
         if final_path.exists():  # a concurrent writer with the same prefix: never overwrite
@@ -459,7 +504,9 @@ def _write_contents(
     slab_shape: tuple[int, int],
     fill_frame: Callable[[int, np.ndarray], None] | None,
     filters: dict[str, Any],
-) -> None:
+    preallocate: bool = False,
+) -> list[int] | None:
+    """Everything but the frames when ``preallocate``: then the chunks' byte offsets."""
     n = events.n_events
     f.create_dataset("cxi_version", data=np.int32(CXI_VERSION))
 
@@ -478,6 +525,11 @@ def _write_contents(
     f.create_dataset(PHOTON_ENERGY_PATH, data=events.photon_energy_ev)
     f.create_dataset(TIMESTAMP_PATH, data=events.timestamp)
 
+    early = {}
+    if preallocate:  # every chunk allocated now, at a known offset, and never filled
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        early = {"dcpl": dcpl, "fill_time": "never"}
     dset = f.create_dataset(
         DATA_PATH,
         shape=(n, *slab_shape),
@@ -485,18 +537,69 @@ def _write_contents(
         chunks=(1, *slab_shape),
         fillvalue=np.float32(0),
         **filters,
+        **early,
     )
+    if preallocate:
+        return [dset.id.get_chunk_info_by_coord((i, 0, 0)).byte_offset for i in range(n)]
     if fill_frame is None:
-        return  # unwritten chunks read as the fill value 0 and take no space
-    frame = np.zeros(slab_shape, dtype=np.float32)
-    if filters:
-        for i in range(n):
-            fill_frame(i, frame)
-            dset.write_direct(frame, dest_sel=np.s_[i])
-    else:
-        # A frame is exactly one chunk: hand its bytes to HDF5 without the dataspace
-        # selection and type-conversion machinery (see bench/bench_cxi.py).
-        write_chunk = dset.id.write_direct_chunk
-        for i in range(n):
-            fill_frame(i, frame)
-            write_chunk((i, 0, 0), frame)
+        return None  # unwritten chunks read as the fill value 0 and take no space
+    frame = _FRAMES.take(slab_shape)
+    try:
+        frame[...] = 0
+        if filters:
+            for i in range(n):
+                fill_frame(i, frame)
+                dset.write_direct(frame, dest_sel=np.s_[i])
+        else:
+            # A frame is exactly one chunk: hand its bytes to HDF5 without the dataspace
+            # selection and type-conversion machinery (see bench/bench_cxi.py).
+            write_chunk = dset.id.write_direct_chunk
+            for i in range(n):
+                fill_frame(i, frame)
+                write_chunk((i, 0, 0), frame)
+    finally:
+        _FRAMES.give(frame)
+    return None
+
+
+def _write_frames(
+    path: Path,
+    offsets: list[int],
+    slab_shape: tuple[int, int],
+    fill_frame: Callable[[int, np.ndarray], None],
+) -> None:
+    """Each frame into its preallocated chunk, with O_DIRECT where the filesystem allows it.
+
+    A filesystem that refuses O_DIRECT (EINVAL, at open or at the first write) gets buffered
+    writes of the same bytes, and its page-cache copy is dropped after the fsync.
+    """
+    frame = _FRAMES.take(slab_shape)
+    direct = True
+    try:
+        frame[...] = 0
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            fd, direct = os.open(path, os.O_WRONLY), False
+        try:
+            for i, offset in enumerate(offsets):
+                fill_frame(i, frame)
+                try:
+                    written = os.pwrite(fd, frame, offset)
+                except OSError as exc:
+                    if not (direct and i == 0 and exc.errno == errno.EINVAL):
+                        raise
+                    os.close(fd)
+                    fd, direct = os.open(path, os.O_WRONLY), False
+                    written = os.pwrite(fd, frame, offset)
+                if written != frame.nbytes:
+                    raise OSError(errno.EIO, f"short write of frame {i} ({written} bytes)")
+            if not direct:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    finally:
+        _FRAMES.give(frame)

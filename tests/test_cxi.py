@@ -414,3 +414,47 @@ def test_sequence_counter_after_restart_and_across_threads(tmp_path: Path, recor
 def test_sequence_counter_needs_the_directory(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         SequenceCounter(tmp_path / "missing", "p")
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_frame_buffer_starts_zeroed_in_every_file(tmp_path: Path, records, fsync: bool) -> None:
+    """The buffer is reused across files: the next file must not see the last one's pixels."""
+    ev = CxiEvents.pack(records, M)
+    write_cxi_file(tmp_path / "b_r1_000000.cxi", ev, SLAB, _filler(_frames(4) + 5), fsync=fsync)
+    seen: list[bool] = []
+
+    def fill(i: int, out: np.ndarray) -> None:
+        seen.append(bool(out.any()))
+        out[1:, :] = i + 1  # row 0 is a gap
+
+    path = write_cxi_file(tmp_path / "b_r1_000001.cxi", ev, SLAB, fill, fsync=fsync)
+    assert seen[0] is False
+    with h5py.File(path, "r") as f:
+        assert not f["entry_1/data_1/data"][:, 0].any()
+
+
+def test_fsynced_frames_sit_in_aligned_chunks(tmp_path: Path, records) -> None:
+    """With fsync the frames are written straight to preallocated 4 KiB-aligned chunks."""
+    ev = CxiEvents.pack(records, M)
+    frames = _frames(4)
+    path = write_cxi_file(tmp_path / "b_r1_000000.cxi", ev, SLAB, _filler(frames), fsync=True)
+    with h5py.File(path, "r") as f:
+        dset = f["entry_1/data_1/data"]
+        assert dset.chunks == (1, *SLAB)
+        offsets = [dset.id.get_chunk_info_by_coord((i, 0, 0)).byte_offset for i in range(4)]
+        np.testing.assert_array_equal(dset[()], frames)
+    assert all(off % 4096 == 0 for off in offsets)
+    with open(path, "rb") as fh:  # the bytes at each chunk's offset are that frame, raw
+        for off, frame in zip(offsets, frames, strict=True):
+            fh.seek(off)
+            assert fh.read(frame.nbytes) == frame.tobytes()
+
+
+def test_frames_not_a_whole_block_use_the_chunk_path(tmp_path: Path, records) -> None:
+    """A slab whose frame is not a multiple of 4 KiB cannot go O_DIRECT: same file anyway."""
+    ev = CxiEvents.pack(records, M)
+    odd = (7, 5)
+    frames = np.random.default_rng(3).normal(size=(4, *odd)).astype(np.float32)
+    path = write_cxi_file(tmp_path / "b_r1_000000.cxi", ev, odd, _filler(frames), fsync=True)
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["entry_1/data_1/data"][()], frames)
