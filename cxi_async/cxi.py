@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import mmap
 import os
 import re
@@ -414,6 +415,7 @@ class _FramePool:
 
 
 _FRAMES = _FramePool()
+_HDF5_LOCK = threading.Lock()
 
 
 def write_cxi_file(
@@ -458,21 +460,34 @@ def write_cxi_file(
     align = {"alignment_threshold": ss * fs * 4, "alignment_interval": DIRECT_ALIGN}
     created = False
     renamed = False
+    stack = contextlib.ExitStack()
     try:
         if final_path.exists():
             raise FileExistsError(errno.EEXIST, "refusing to overwrite an existing CXI file")
-        with h5py.File(tmp_path, "w-", **(align if direct else {})) as f:
-            created = True
-            offsets = _write_contents(f, events, (ss, fs), fill_frame, filters, direct)
-            f.attrs["cxi_async_version"] = cxi_async.__version__
-            f.attrs["creation_time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            f.attrs["filtered_events"] = np.int64(filtered_events)
-            f.attrs["images_missing"] = fill_frame is None
-            f.attrs["compression"] = compression
-            f.attrs["n_events"] = np.int64(events.n_events)
-            f.attrs["max_num_peak"] = np.int64(events.max_num_peak)
-            for key, value in attrs.items():
-                f.attrs[key] = value
+        reservation = _SPACE.reserve(tmp_path.parent, _estimated_bytes(events, (ss, fs)))
+        stack.enter_context(reservation)
+        # One HDF5 file at a time per process: h5py serialises its calls, but two threads
+        # failing with ENOSPC at once crashed the interpreter in ObjectID._dealloc (seen
+        # here). What overlaps between files is the O_DIRECT frame writes and the fsync.
+        with _HDF5_LOCK:
+            try:
+                with h5py.File(tmp_path, "w-", **(align if direct else {})) as f:
+                    created = True
+                    offsets = _write_contents(f, events, (ss, fs), fill_frame, filters, direct)
+                    f.attrs["cxi_async_version"] = cxi_async.__version__
+                    f.attrs["creation_time"] = datetime.now(timezone.utc).isoformat(
+                        timespec="seconds"
+                    )
+                    f.attrs["filtered_events"] = np.int64(filtered_events)
+                    f.attrs["images_missing"] = fill_frame is None
+                    f.attrs["compression"] = compression
+                    f.attrs["n_events"] = np.int64(events.n_events)
+                    f.attrs["max_num_peak"] = np.int64(events.max_num_peak)
+                    for key, value in attrs.items():
+                        f.attrs[key] = value
+            except BaseException:
+                gc.collect()  # free the HDF5 ids a failure left behind, still under the lock
+                raise
         if offsets is not None and fill_frame is not None:
             _write_frames(tmp_path, offsets, (ss, fs), fill_frame)
         if fsync:
@@ -495,7 +510,53 @@ def write_cxi_file(
         if not isinstance(exc, Exception):
             raise
         raise CxiWriteError.from_cause(final_path, exc) from exc
+    finally:
+        stack.close()
     return final_path
+
+
+def _estimated_bytes(events: CxiEvents, slab_shape: tuple[int, int]) -> int:
+    """An upper bound of a file's size: frames, peak arrays, and room for HDF5's metadata."""
+    n, m = events.n_events, events.max_num_peak
+    frames = n * slab_shape[0] * slab_shape[1] * 4
+    peaks = n * m * (5 * 4 + 2) + n * 64
+    return frames + peaks + (256 << 10)  # measured overhead: ~21 KB for a 4-event file
+
+
+class _SpaceLedger:
+    """Refuse a file the file system has no room for, before HDF5 touches it.
+
+    HDF5 2.0 / h5py 3.16 crash the interpreter (segfault in ObjectID._dealloc) when a file
+    cannot be closed because the disk is full (reproduced here on a full tmpfs). Checking
+    free space first, minus what other files of this process are still writing, turns a
+    full disk into an ordinary CxiWriteError(ENOSPC) that the writer retries.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reserved: dict[int, int] = {}  # st_dev -> bytes being written
+
+    @contextlib.contextmanager
+    def reserve(self, directory: Path, nbytes: int):
+        st = os.statvfs(directory)
+        device = os.stat(directory).st_dev
+        with self._lock:
+            free = st.f_bavail * st.f_frsize - self._reserved.get(device, 0)
+            if nbytes > free:
+                raise OSError(
+                    errno.ENOSPC,
+                    f"no room for the file: it needs ~{nbytes / 1e6:.1f} MB and "
+                    f"{max(free, 0) / 1e6:.1f} MB are free",
+                )
+            self._reserved[device] = self._reserved.get(device, 0) + nbytes
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._reserved[device] -= nbytes
+
+
+_SPACE = _SpaceLedger()
 
 
 def _write_contents(

@@ -160,7 +160,7 @@ async def test_full_disk_pauses_and_resumes(make_config, tmp_path):
     if (
         os.geteuid() != 0
         or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
         ).returncode
     ):
         pytest.skip("needs root to mount a size-limited tmpfs")
@@ -191,6 +191,7 @@ async def test_full_disk_pauses_and_resumes(make_config, tmp_path):
         for path in mount.glob("*.cxi"):
             shutil.move(path, moved / path.name)
         assert final["writers"][0]["write_failures"] >= 1
+        assert not final["replacements"], "a full disk must not crash the writer"
         kept, _ = check_against_truth(read_cxi_files(moved), truth_for(config), panel_height=96)
         assert final["events_written"] == kept
     finally:
@@ -203,7 +204,7 @@ async def test_dead_shard_is_reconnected_and_the_others_drained(make_config):
         "replay.enabled=false",
         "queue.num_shards=2",
         "queue.maxsize_per_shard=8",
-        "stop.idle_timeout_s=3.0",
+        "stop.idle_timeout_s=8.0",  # longer than a reconnect takes
         "debug.find_delay_s=0.2",
     )
     shards = connect_shards(config.queue.name, config.ray.namespace, 2, 8)
