@@ -16,6 +16,11 @@ EMPTY = "empty"  # a finder found no item behind the ref (the shard was empty af
 SHARD_GONE = "shard-gone"  # the shard died before answering get(): nothing was taken
 
 
+def writer_index(delivery_id: int, num_writers: int) -> int:
+    """The writer that owns a delivery: finders send to it, the drainer re-sends to it."""
+    return delivery_id % num_writers
+
+
 class Delivery(msgspec.Struct, frozen=True):
     """One batch taken from Q2, as the drainer hands it to a finder.
 

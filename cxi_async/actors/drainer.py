@@ -31,7 +31,7 @@ from cxi_async.actors.q2_shard import (
 from cxi_async.catalog import Catalog, CatalogError
 from cxi_async.config import Config, config_to_dict
 from cxi_async.finding import load_slab_layout
-from cxi_async.messages import EMPTY, SHARD_GONE, Ack, BatchResult, Delivery
+from cxi_async.messages import EMPTY, SHARD_GONE, Ack, BatchResult, Delivery, writer_index
 from cxi_async.metrics import PipelineMetrics
 from cxi_async.placement import actor_options, alive_nodes, check_placement
 
@@ -466,7 +466,7 @@ class Drainer:
             result = msgspec.structs.replace(
                 result, kept=[e for e in result.kept if e.event_index not in state.written]
             )
-        writer = self.writers[result.delivery_id % len(self.writers)]
+        writer = self.writers[writer_index(result.delivery_id, len(self.writers))]
         try:
             await writer.submit.remote(result)
         except Exception as exc:
@@ -575,7 +575,7 @@ class Drainer:
         )
         for state in list(self.inflight.values()):
             r = state.result
-            if r is not None and r.delivery_id % len(self.writers) == index:
+            if r is not None and writer_index(r.delivery_id, len(self.writers)) == index:
                 self._spawn(self._resend(state))
 
     # ------------------------------------------------------------------ introspection

@@ -19,7 +19,7 @@ import ray
 from cxi_async.actors.common import is_actor_death, is_object_lost, setup_actor_logging
 from cxi_async.config import Config
 from cxi_async.finding import BatchFinder, RefUnavailable
-from cxi_async.messages import EMPTY, SHARD_GONE, BatchResult, Delivery
+from cxi_async.messages import EMPTY, SHARD_GONE, BatchResult, Delivery, writer_index
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Finder:
 
     async def _hand_to_writer(self, result: BatchResult) -> None:
         """Await space in the writer's inbox; a dead writer leaves the result to the drainer."""
-        writer = self.writers[result.delivery_id % len(self.writers)]
+        writer = self.writers[writer_index(result.delivery_id, len(self.writers))]
         try:
             await writer.submit.remote(result)
         except Exception as exc:
