@@ -79,8 +79,7 @@ class ReplayProducer:
                 await asyncio.sleep(max(0.0, next_time - time.monotonic()))
                 next_time += period
             t0 = time.perf_counter()
-            # Serialise once: a full Q2 makes _put retry, and each retry would pickle again.
-            turn = await self._put(shards, ray.put(item), turn)
+            turn = await self._put(shards, item, turn)
             del item
             self.put_seconds += time.perf_counter() - t0
             self.put_count += 1
@@ -131,7 +130,8 @@ class ReplayProducer:
         while True:
             for k in range(n):
                 i = (turn + k) % n
-                if await shards[i].put.remote(item):
+                # Ask first: a refused put would have serialised the whole item for nothing.
+                if not await shards[i].is_full.remote() and await shards[i].put.remote(item):
                     return i + 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)

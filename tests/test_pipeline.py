@@ -75,7 +75,9 @@ async def test_images_are_the_panels_in_slab_order(make_config):
 async def test_half_precision_logits_give_the_same_peaks(make_config, dtype):
     config = make_config(f"replay.dtype={dtype}", "replay.num_batches=3")
     pipeline = await Pipeline.start(config)
-    await pipeline.wait()
+    final = await pipeline.wait()
+    assert final["batches_taken"] == 3, final
+    assert final["batches_rejected"] == 0, final["last_rejections"]
     check_against_truth(read_cxi_files(pipeline.output_dir), truth_for(config), panel_height=32)
 
 

@@ -312,7 +312,8 @@ class Drainer:
                 if any(sizes):
                     backoff = 0.001
                     continue
-                self._note_idle()
+                if not self.dead_shards:  # a shard that did not answer is not known empty
+                    self._note_idle()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, cfg.queue.poll_interval_s)
             sizes[shard] -= 1
