@@ -75,9 +75,12 @@ class CxiWriteError(OSError):
     """Writing a CXI file failed; no ``.cxi`` was left behind and the caller keeps its events.
 
     ``path`` is the ``.cxi`` that was not written; ``errno`` is the cause's (EIO if it had none).
+    ``residue`` is the ``.inprogress`` file that could not be removed (its directory was moved
+    away, say), so the caller can remove it once the directory is back; None when none is left.
     """
 
     path: Path
+    residue: Path | None = None
 
     @classmethod
     def from_cause(cls, path: Path, cause: BaseException) -> CxiWriteError:
@@ -504,12 +507,17 @@ def write_cxi_file(
         if renamed:
             with contextlib.suppress(OSError):
                 final_path.unlink()
+        residue = None
         if created:
-            with contextlib.suppress(OSError):
+            try:
                 tmp_path.unlink()
+            except OSError:
+                residue = tmp_path
         if not isinstance(exc, Exception):
             raise
-        raise CxiWriteError.from_cause(final_path, exc) from exc
+        err = CxiWriteError.from_cause(final_path, exc)
+        err.residue = residue
+        raise err from exc
     finally:
         stack.close()
     return final_path

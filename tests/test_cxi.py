@@ -350,6 +350,37 @@ def test_directory_removed_while_writing(tmp_path: Path, records) -> None:
     assert exc.value.errno == errno.ENOENT
 
 
+def test_directory_moved_away_while_writing_reports_the_residue(tmp_path: Path, records) -> None:
+    """The directory is renamed mid-file: the .inprogress travels with it and is reported."""
+    ev = CxiEvents.pack(records, M)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    away = tmp_path / "away"
+    final = out_dir / "p_r1_000000.cxi"
+
+    def fill(i: int, out: np.ndarray) -> None:
+        if i == 1:
+            out_dir.rename(away)
+        out[...] = i
+
+    with pytest.raises(CxiWriteError) as exc:
+        write_cxi_file(final, ev, SLAB, fill)
+    assert exc.value.residue == inprogress_path(final)
+    assert [p.name for p in away.iterdir()] == [inprogress_path(final).name]
+
+
+def test_a_clean_failure_reports_no_residue(tmp_path: Path, records) -> None:
+    ev = CxiEvents.pack(records, M)
+
+    def fill(i: int, out: np.ndarray) -> None:
+        raise OSError(errno.EIO, "device error")
+
+    with pytest.raises(CxiWriteError) as exc:
+        write_cxi_file(tmp_path / "p_r1_000000.cxi", ev, SLAB, fill)
+    assert exc.value.residue is None
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_never_overwrites_an_existing_file(tmp_path: Path, records) -> None:
     ev = CxiEvents.pack(records, M)
     final = tmp_path / "p_r1_000000.cxi"

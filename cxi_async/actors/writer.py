@@ -75,6 +75,7 @@ class Writer:
         self.write_seconds = 0.0
         self.failures = 0
         self.failing_since: float | None = None
+        self.residue: set[Path] = set()  # .inprogress files a failed write could not remove
         self.attrs = {
             "min_num_peak": config.peak_finding.min_num_peak,
             "geometry_file": (layout.geom_file or "") if layout else "",
@@ -206,6 +207,7 @@ class Writer:
         )
         if self.config.debug.write_delay_s:
             await asyncio.sleep(self.config.debug.write_delay_s)
+        self._remove_residue()
         t0 = time.perf_counter()
         try:
             await asyncio.to_thread(self._write_file, path, batch, events, images)
@@ -291,6 +293,19 @@ class Writer:
                 )
         return images
 
+    def _remove_residue(self) -> None:
+        """Remove what failed writes left behind, once their directory is reachable again."""
+        for path in list(self.residue):
+            try:
+                path.unlink()
+                log.info("removed %s, left by a failed write", path)
+            except FileNotFoundError:
+                if not path.parent.is_dir():
+                    continue  # the directory is still away: try again next time
+            except OSError:
+                continue
+            self.residue.discard(path)
+
     def _next_sequence(self) -> int:
         """Numbers of writer k are congruent to k modulo the number of writers."""
         while True:
@@ -311,6 +326,9 @@ class Writer:
             len(batch.events),
             exc_info=not isinstance(exc, cxi.CxiWriteError),
         )
+        residue = getattr(exc, "residue", None)
+        if residue is not None:
+            self.residue.add(residue)
         self.assembler.file_failed(batch)
         self.retry_after = time.monotonic() + min(
             RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(batch.attempts - 1, 5)
