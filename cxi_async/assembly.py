@@ -2,8 +2,9 @@
 
 The writer actor's bookkeeping, without Ray or HDF5 so it can be tested exactly: events are
 deduplicated by (batch_id, event index), grouped into files of `events_per_file` (a file also
-closes on age, on request, or when every credit is parked in it), and a delivery is acked
-once each of its kept events is in a renamed file. A failed file goes back to the front.
+closes on age, on request, when every credit is parked in it, or when the run changes: a file
+holds one run), and a delivery is acked once each of its kept events is in a renamed file.
+A failed file goes back to the front.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class FileAssembler:
     open_filtered: int = 0
     open_since: float | None = None
     retry: list[FileBatch] = field(default_factory=list)
+    closed: list[FileBatch] = field(default_factory=list)  # closed early by a change of run
     deliveries: dict[int, _DeliveryState] = field(default_factory=dict)
     seen: OrderedDict[str, set[int]] = field(default_factory=OrderedDict)
     duplicates: int = 0
@@ -91,13 +93,15 @@ class FileAssembler:
             batch_id=result.batch_id,
             pending={e.event_index for e in fresh},
         )
-        self.open_filtered += result.filtered
         if not fresh:
+            self.open_filtered += result.filtered
             return [self._ack(result.delivery_id, state)]
         self.deliveries[result.delivery_id] = state
-        if self.open_since is None:
-            self.open_since = self.clock()
         for event in fresh:
+            if self.open_events and self.open_events[-1].event.run != event.run:
+                self._close_open()
+            if self.open_since is None:
+                self.open_since = self.clock()
             self.open_events.append(
                 PendingEvent(
                     result.delivery_id,
@@ -109,6 +113,7 @@ class FileAssembler:
                     result.images_missing,
                 )
             )
+        self.open_filtered += result.filtered  # counted in the file of the delivery's last run
         return []
 
     @property
@@ -124,7 +129,7 @@ class FileAssembler:
 
     def due(self, flush: bool = False) -> bool:
         """Whether a file should be written now."""
-        if self.retry:
+        if self.retry or self.closed:
             return True
         if not self.open_events:
             return False
@@ -136,11 +141,22 @@ class FileAssembler:
         )
 
     def take_file(self) -> FileBatch | None:
-        """The next file to write: a failed one first, else up to events_per_file events."""
+        """The next file to write: a failed one first, then one closed early, else the open one
+        (up to events_per_file events)."""
         if self.retry:
             return self.retry.pop(0)
+        if self.closed:
+            return self.closed.pop(0)
         if not self.open_events:
             return None
+        return self._take_open()
+
+    def _close_open(self) -> None:
+        """The run changed: the open file's events become files of their own, due now."""
+        while self.open_events:
+            self.closed.append(self._take_open())
+
+    def _take_open(self) -> FileBatch:
         events = self.open_events[: self.events_per_file]
         self.open_events = self.open_events[self.events_per_file :]
         batch = FileBatch(events, self.open_filtered, order=self.files_taken)
@@ -177,9 +193,10 @@ class FileAssembler:
         self.open_events = [e for e in self.open_events if e.delivery_id != delivery_id]
         if not self.open_events:
             self.open_since = None
-        for batch in self.retry:
+        for batch in self.retry + self.closed:
             batch.events = [e for e in batch.events if e.delivery_id != delivery_id]
         self.retry = [b for b in self.retry if b.events]
+        self.closed = [b for b in self.closed if b.events]
         return Ack(
             delivery_id,
             written=state.written,
@@ -192,7 +209,7 @@ class FileAssembler:
 
     @property
     def pending_events(self) -> int:
-        return len(self.open_events) + sum(len(b.events) for b in self.retry)
+        return len(self.open_events) + sum(len(b.events) for b in self.retry + self.closed)
 
     @staticmethod
     def _ack(delivery_id: int, state: _DeliveryState) -> Ack:

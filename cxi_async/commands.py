@@ -187,7 +187,13 @@ def _output_text(config: Config) -> str:
     directory, _ = output_location(config)
     resolved = directory.resolve()
     state = "exists" if resolved.is_dir() else "will be created"
-    label = "" if config.output.run else "; files are labelled with the start time"
+    key = config.output.run_from_metadata
+    if key is not None:
+        label = f"; each run in a sub-directory named by metadata[{key!r}]"
+    elif config.output.run:
+        label = ""
+    else:
+        label = "; files are labelled with the start time"
     return f"{resolved} ({state}{label})"
 
 

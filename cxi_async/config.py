@@ -135,6 +135,7 @@ class OutputConfig(_Section):
     output_dir: NonEmpty = "cxi_out"  # files go to <output_dir>/<run>/
     file_prefix: SafeName = "peaknet"  # first part of every file name
     run: SafeName | None = None  # sub-directory and file-name label; None: the start time
+    run_from_metadata: NonEmpty | None = None  # metadata key naming each event's run
     events_per_file: Count = 16  # a file is closed when it holds this many events ...
     max_file_age_s: Seconds = 10.0  # ... or when its first event is this old
     compression: Literal["none", "bitshuffle-lz4", "zstd", "gzip"] = "none"  # of /data
@@ -176,6 +177,7 @@ class ReplayConfig(_Section):
     hit_fraction: Fraction = 0.8  # fraction of events with enough peaks to be kept
     producer_rate_hz: Positive | None = None  # events/s put; None: as fast as Q2 takes them
     unique_batches: Count | None = None  # generate this many, then replay them with new ids
+    events_per_run: NonNegInt = 0  # > 0: metadata["run"] numbers runs of this many events
 
 
 class DebugConfig(_Section):
@@ -473,6 +475,12 @@ def _check_consistency(cfg: Config) -> None:
             f"peak_finding.min_num_peak = {pf.min_num_peak} is greater than "
             f"peak_finding.max_num_peak = {pf.max_num_peak}: no event could be kept.",
             key="peak_finding.min_num_peak",
+        )
+    if o.run is not None and o.run_from_metadata is not None:
+        raise ConfigError(
+            f"output.run = {_fmt(o.run)} and output.run_from_metadata = "
+            f"{_fmt(o.run_from_metadata)} both name the run: set one of them.",
+            key="output.run_from_metadata",
         )
     for axis, (real, padded) in enumerate(zip(r.panel_shape, r.padded_shape, strict=True)):
         if padded < real:

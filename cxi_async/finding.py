@@ -63,13 +63,14 @@ class BatchFinder:
         self.pf = config.peak_finding
         self.on_missing_image = config.processing.on_missing_image
         self.default_energy = config.output.photon_energy_ev
+        self.run_key = config.output.run_from_metadata
         self.layouts = Layouts(layout if layout is not None else load_slab_layout(config))
 
     def run(self, item: Any, delivery_id: int, fetch: Callable[[Any], Any]) -> BatchResult:
         """Find and select the peaks of one item; a bad item becomes a rejected result."""
         batch_id = _batch_id_of(item)
         try:
-            batch = q2.decode_item(item, fetch)
+            batch = q2.decode_item(item, fetch, self.run_key)
             q2.check_finite(batch)
             b, c, h, w = batch.original_shape
             layout = self.layouts.for_shape(c, h, w)
@@ -164,6 +165,7 @@ class BatchFinder:
                     **{k: v[s] for k, v in columns.items()},
                     photon_energy_ev=default if math.isnan(e) else e,
                     timestamp=int(batch.timestamp[b]),
+                    run=batch.run[b] if batch.run is not None else None,
                 )
             )
         return kept

@@ -46,6 +46,7 @@ class EventPeaks(msgspec.Struct):
     panel: np.ndarray  # int16
     photon_energy_ev: float
     timestamp: int
+    run: str | None = None  # run label from metadata (output.run_from_metadata), if any
 
 
 class BatchResult(msgspec.Struct):

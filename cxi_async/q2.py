@@ -17,6 +17,7 @@ holds a tensor (and then it is already imported, by unpickling).
 from __future__ import annotations
 
 import collections
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ __all__ = [
     "check_finite",
     "check_image",
     "decode_item",
+    "run_label",
     "shard_names",
 ]
 
@@ -113,6 +115,7 @@ class DecodedBatch:
     timestamp: np.ndarray  # (B,) uint64 (seconds << 32 | nanoseconds), 0 where unknown
     has_photon_energy: bool  # metadata had photon_energy or photon_wavelength
     has_timestamp: bool  # metadata had timestamp
+    run: tuple[str, ...] | None = None  # per-event run labels, when decoded with run_key
 
     @property
     def num_events(self) -> int:
@@ -337,12 +340,61 @@ def _metadata(item: Any, b: int, bid: str) -> tuple[np.ndarray, bool, np.ndarray
     return ev, has_ev, stamps, has_ts
 
 
-def decode_item(item: Any, fetch: Callable[[Any], Any] | None = None) -> DecodedBatch:
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def run_label(value: Any) -> str:
+    """A run as it names directories and files: ``r0042`` for run 42, a safe name as it is.
+
+    ``r%04d`` is how LCLS names runs; a name must be letters, digits, '.', '_' and '-'.
+    Raises ValueError for anything else (negative numbers, floats, paths).
+    """
+    if isinstance(value, (bytes, np.bytes_)):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, (str, np.str_)):
+        if not _RUN_NAME.fullmatch(value):
+            raise ValueError(f"{str(value)!r} is not a run name (letters, digits, '.', '_', '-')")
+        return str(value)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        if value < 0:
+            raise ValueError(f"run number {value} is negative")
+        return f"r{int(value):04d}"
+    raise ValueError(f"{value!r} ({type(value).__name__}) is neither a run number nor a name")
+
+
+def _runs(item: Any, key: str, b: int, bid: str) -> tuple[str, ...] | None:
+    """Per-event run labels from ``metadata[key]`` (scalar or one per event); None if absent."""
+    md = getattr(item, "metadata", None)
+    value = md.get(key) if isinstance(md, Mapping) else None
+    if value is None:
+        return None
+    try:
+        arr = _as_array(value)
+    except (ValueError, TypeError):
+        arr = np.empty(0)  # ragged: reported below
+    if arr.ndim == 0:
+        values = [arr.item()] * b
+    elif arr.ndim == 1 and arr.shape[0] == b:
+        values = arr.tolist()
+    else:
+        raise MalformedItem(
+            bid, f"metadata[{key!r}] has shape {arr.shape}, expected a scalar or ({b},)"
+        )
+    try:
+        return tuple(run_label(v) for v in values)
+    except ValueError as exc:
+        raise MalformedItem(bid, f"metadata[{key!r}]: {exc}") from None
+
+
+def decode_item(
+    item: Any, fetch: Callable[[Any], Any] | None = None, run_key: str | None = None
+) -> DecodedBatch:
     """Check one Q2 item and return its logits and metadata as numpy, without copying logits.
 
     ``item`` is duck-typed like the producer's ``PipelineOutput``. ``fetch`` resolves
     ``predictions_ref`` (the actor passes ``ray.get``); errors it raises (e.g. an object whose
-    owner died) propagate unchanged, since the item itself is not at fault.
+    owner died) propagate unchanged, since the item itself is not at fault. ``run_key`` names
+    the metadata key that holds each event's run (``output.run_from_metadata``).
 
     Raises :class:`MalformedItem` naming the batch and what is wrong.
     """
@@ -380,6 +432,7 @@ def decode_item(item: Any, fetch: Callable[[Any], Any] | None = None) -> Decoded
         raise MalformedItem(bid, f"logits have shape {logits.shape}, with no pixels")
     original, h, w = _shapes(item, logits, bid)
     ev, has_ev, stamps, has_ts = _metadata(item, original[0], bid)
+    runs = _runs(item, run_key, original[0], bid) if run_key else None
     return DecodedBatch(
         batch_id=bid,
         logits=_read_only(logits),
@@ -391,6 +444,7 @@ def decode_item(item: Any, fetch: Callable[[Any], Any] | None = None) -> Decoded
         timestamp=stamps,
         has_photon_energy=has_ev,
         has_timestamp=has_ts,
+        run=runs,
     )
 
 

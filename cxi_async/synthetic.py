@@ -122,6 +122,7 @@ class SyntheticSpec:
     min_num_peak: int = 10
     seed: int = 0
     wavelength_per_event: bool = True  # False: metadata["photon_wavelength"] is one float
+    events_per_run: int = 0  # > 0: metadata["run"] = 1 + event number // events_per_run
 
     def __post_init__(self) -> None:
         # TOML gives lists; store tuples so the frozen spec stays hashable and comparable.
@@ -143,6 +144,7 @@ class SyntheticSpec:
             ("peaks_per_event", 0),
             ("min_num_peak", 0),
             ("seed", 0),
+            ("events_per_run", 0),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -212,6 +214,7 @@ class EventTruth:
     photon_energy_ev: float
     timestamp: int
     kept: bool  # len(panel) >= spec.min_num_peak
+    run: int | None = None  # metadata["run"] of the event, when the spec numbers runs
 
     @property
     def num_peaks(self) -> int:
@@ -518,6 +521,14 @@ def _timestamps(spec: SyntheticSpec, index: int, rng: np.random.Generator) -> np
     return (seconds.astype(np.uint64) << np.uint64(32)) | (ns % 1_000_000_000).astype(np.uint64)
 
 
+def _runs(spec: SyntheticSpec, index: int) -> np.ndarray | None:
+    """Run numbers 1, 2, ... of ``events_per_run`` consecutive events each (None: no runs)."""
+    if not spec.events_per_run:
+        return None
+    event = np.arange(index * spec.batch_size, (index + 1) * spec.batch_size, dtype=np.int64)
+    return 1 + event // spec.events_per_run
+
+
 def make_batch(spec: SyntheticSpec, index: int) -> SyntheticBatch:
     """Batch number ``index`` of the stream; identical for the same (spec, index)."""
     if index < 0:
@@ -587,6 +598,7 @@ def make_batch(spec: SyntheticSpec, index: int) -> SyntheticBatch:
 
     wavelength = rng.normal(1.3, 0.002, b)
     timestamp = _timestamps(spec, index, rng)
+    runs = _runs(spec, index)
     truth = []
     start = 0
     for e, placed in enumerate(per_event):
@@ -606,6 +618,7 @@ def make_batch(spec: SyntheticSpec, index: int) -> SyntheticBatch:
                 / float(wavelength[e] if spec.wavelength_per_event else wavelength[0]),
                 timestamp=int(timestamp[e]),
                 kept=len(placed) >= spec.min_num_peak,
+                run=None if runs is None else int(runs[e]),
             )
         )
 
@@ -613,6 +626,8 @@ def make_batch(spec: SyntheticSpec, index: int) -> SyntheticBatch:
         "photon_wavelength": wavelength if spec.wavelength_per_event else float(wavelength[0]),
         "timestamp": timestamp,
     }
+    if runs is not None:
+        metadata["run"] = runs
     return SyntheticBatch(
         batch_id=batch_id,
         logits=logits,

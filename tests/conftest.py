@@ -82,10 +82,10 @@ def kill_named_actors(namespaces: list[str]) -> None:
                 ray.kill(ray.get_actor(entry["name"], namespace=entry["namespace"]))
 
 
-def read_cxi_files(directory: Path) -> dict[tuple[str, int], dict]:
+def read_cxi_files(directory: Path, pattern: str = "*.cxi") -> dict[tuple[str, int], dict]:
     """Every event in every .cxi under directory, by (batch_id, event_index)."""
     events: dict[tuple[str, int], dict] = {}
-    for path in sorted(directory.glob("*.cxi")):
+    for path in sorted(directory.glob(pattern)):
         with h5py.File(path, "r") as f:
             r = f["/entry_1/result_1"]
             n = r["nPeaks"][()]

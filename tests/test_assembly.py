@@ -27,7 +27,7 @@ class Clock:
         return self.t
 
 
-def event(index: int) -> EventPeaks:
+def event(index: int, run: str | None = None) -> EventPeaks:
     n = 2
     return EventPeaks(
         event_index=index,
@@ -39,6 +39,7 @@ def event(index: int) -> EventPeaks:
         panel=np.zeros(n, np.int16),
         photon_energy_ev=9000.0,
         timestamp=index,
+        run=run,
     )
 
 
@@ -48,12 +49,14 @@ def result(
     batch_id: str | None = None,
     filtered: int = 0,
     image: list | None = None,
+    runs: list[str | None] | None = None,
 ) -> BatchResult:
+    runs = runs if runs is not None else [None] * len(kept)
     return BatchResult(
         delivery_id=delivery_id,
         batch_id=batch_id if batch_id is not None else f"batch-{delivery_id}",
         num_events=len(kept) + filtered,
-        kept=[event(i) for i in kept],
+        kept=[event(i, run) for i, run in zip(kept, runs, strict=True)],
         filtered=filtered,
         image=[REF] if image is None else image,
         num_panels=2,
@@ -506,3 +509,65 @@ def test_every_kept_event_is_acked_exactly_once(ops, events_per_file, parked):
         assert ack.num_events == res.num_events
     assert sum(ack.written for ack in acks) == len(written_events)
     assert len(set(written_events)) == len(written_events), "an event was written twice"
+
+
+# ------------------------------------------------------------------ runs from metadata
+
+
+def runs_of(batch: FileBatch) -> list[str | None]:
+    return [e.event.run for e in batch.events]
+
+
+def test_a_change_of_run_closes_the_open_file():
+    a = assembler(events_per_file=10)
+    a.add(result(1, [0, 1], runs=["r0001", "r0001"], filtered=1))
+    assert not a.due()
+    a.add(result(2, [0, 1, 2], runs=["r0001", "r0002", "r0002"], filtered=3))
+    assert a.due()  # the r0001 file is closed though it holds 3 of 10 events
+    first = a.take_file()
+    assert keys(first) == [(1, 0), (1, 1), (2, 0)] and set(runs_of(first)) == {"r0001"}
+    assert first.filtered == 1
+    assert not a.due()  # the r0002 file stays open
+    a.add(result(3, [0], runs=["r0002"]))
+    second = a.take_file()
+    assert keys(second) == [(2, 1), (2, 2), (3, 0)] and set(runs_of(second)) == {"r0002"}
+    assert second.filtered == 3
+    assert a.file_written(first) == [done(1, written=2, filtered=1)]
+    assert a.file_written(second) == [done(2, written=3, filtered=3), done(3, 1, 0)]
+
+
+def test_run_files_close_in_order_and_respect_events_per_file():
+    a = assembler(events_per_file=2)
+    a.add(result(1, [0, 1, 2, 3, 4, 5], runs=["a", "a", "a", "b", None, None]))
+    files = []
+    while (batch := a.take_file()) is not None:
+        files.append(batch)
+    assert [runs_of(f) for f in files] == [["a", "a"], ["a"], ["b"], [None, None]]
+    assert [f.order for f in files] == [0, 1, 2, 3]
+    assert a.pending_events == 0
+
+
+def test_retry_goes_before_files_closed_by_a_run_change():
+    a = assembler(events_per_file=10)
+    a.add(result(1, [0], runs=["a"]))
+    failed = a.take_file()
+    a.file_failed(failed)
+    a.add(result(2, [0, 1], runs=["b", "c"]))
+    assert a.pending_events == 3
+    assert runs_of(a.take_file()) == ["a"]
+    assert runs_of(a.take_file()) == ["b"]
+    assert not a.due()  # "c" stays open until it is due
+    assert runs_of(a.take_file()) == ["c"]
+
+
+def test_drop_events_reaches_files_closed_by_a_run_change():
+    a = assembler(events_per_file=10)
+    a.add(result(1, [0, 1], runs=["a", "a"]))
+    a.add(result(2, [0], runs=["a"]))
+    a.add(result(3, [0], runs=["b"]))
+    assert len(a.closed) == 1
+    a.drop_events(1, "gone")
+    assert keys(a.closed[0]) == [(2, 0)]
+    a.drop_events(2, "gone")
+    assert a.closed == [] and not a.due()
+    assert a.pending_events == 1

@@ -292,6 +292,16 @@ def test_min_peaks_at_most_max_peaks():
     assert "min_num_peak = 50" in str(err) and "max_num_peak = 20" in str(err)
 
 
+def test_run_named_twice():
+    err = error(overrides=["output.run='r0001'", "output.run_from_metadata='run'"])
+    assert err.key == "output.run_from_metadata"
+    assert str(err) == (
+        'output.run = "r0001" and output.run_from_metadata = "run" both name the run: '
+        "set one of them."
+    )
+    assert load_config(overrides=["output.run_from_metadata='run'"]).output.run is None
+
+
 def test_replay_padded_at_least_panel():
     err = error(overrides=["replay.panel_shape=[352, 600]"])
     assert err.key == "replay.padded_shape"

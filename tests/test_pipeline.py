@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import h5py
 import numpy as np
 import psutil
 import pytest
@@ -29,6 +30,49 @@ def assert_books_balance(stats: dict) -> None:
         + stats["events_duplicate"]
         + stats["events_pending"]
     )
+
+
+async def test_runs_from_metadata_get_directories_of_their_own(make_config):
+    """metadata["run"] changes mid-batch: every file holds one run, in <output_dir>/r<run>/."""
+    config = make_config("replay.events_per_run=5", "output.run_from_metadata='run'")
+    pipeline = await Pipeline.start(config)
+    final = await pipeline.wait()
+    out = pipeline.output_dir
+    assert not list(out.glob("*.cxi"))
+    events = read_cxi_files(out, "*/*.cxi")
+    truth = truth_for(config)
+    kept, _ = check_against_truth(events, truth, panel_height=32)
+    assert len(events) == kept == final["events_written"]
+    assert_books_balance(final)
+    runs = set()
+    for t in (t for b in truth.values() for t in b.truth if t.kept):
+        path = events[(t.batch_id, t.event_index)]["file"]
+        label = f"r{t.run:04d}"
+        assert path.parent == out / label
+        assert path.name.startswith(f"{config.output.file_prefix}_{label}_")
+        runs.add(label)
+    assert len(runs) > 1
+    assert {p.name for p in out.iterdir() if p.is_dir()} == runs
+    files = sorted(out.glob("*/*.cxi"))
+    for path in files:
+        with h5py.File(path, "r") as f:
+            assert f.attrs["run"] == path.parent.name
+    assert all((out / run / "peaknet.geom").is_file() for run in runs)
+    assert sorted((out / "files.lst").read_text().split()) == [str(p.resolve()) for p in files]
+
+
+async def test_events_without_a_run_stay_in_the_output_directory(make_config):
+    config = make_config("output.run_from_metadata='run'", "replay.num_batches=2")
+    pipeline = await Pipeline.start(config)
+    final = await pipeline.wait()
+    out = pipeline.output_dir
+    assert not [p for p in out.iterdir() if p.is_dir()]
+    events = read_cxi_files(out)
+    kept, _ = check_against_truth(events, truth_for(config), panel_height=32)
+    assert len(events) == kept == final["events_written"]
+    for path in out.glob("*.cxi"):
+        with h5py.File(path, "r") as f:
+            assert f.attrs["run"] == final["run_label"]
 
 
 async def q2_sizes(config) -> list[int]:

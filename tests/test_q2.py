@@ -516,3 +516,46 @@ def test_check_finite_finds_a_nan_in_the_last_chunk(dtype):
     t[-1, -1, -1, -1] = float("nan")
     with pytest.raises(MalformedItem, match="1 of 307200 logits"):
         check_finite(decoded(predictions=t, preprocessing_metadata=meta))
+
+
+# ------------------------------------------------------------------ runs from metadata
+
+
+@pytest.mark.parametrize(
+    ("value", "labels"),
+    [
+        (42, ("r0042", "r0042")),
+        (np.int64(7), ("r0007", "r0007")),
+        (np.array([3, 4]), ("r0003", "r0004")),
+        (torch.tensor([12345, 1]), ("r12345", "r0001")),
+        ("mfxp1234_run9", ("mfxp1234_run9", "mfxp1234_run9")),
+        (["a", b"b-2"], ("a", "b-2")),
+    ],
+)
+def test_run_labels_from_metadata(value, labels):
+    batch = decode_item(item(metadata={"run": value}), run_key="run")
+    assert batch.run == labels
+
+
+def test_runs_are_read_only_when_asked_for():
+    assert decode_item(item(metadata={"run": 5})).run is None
+    assert decode_item(item(metadata={}), run_key="run").run is None  # absent: no run
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (-1, "negative"),
+        (1.5, "neither a run number nor a name"),
+        (True, "neither a run number nor a name"),
+        ("../escape", "not a run name"),
+        ("", "not a run name"),
+        ([1, 2, 3], f"expected a scalar or ({B},)"),
+        (np.ones((B, 1), np.int64), f"expected a scalar or ({B},)"),
+    ],
+)
+def test_bad_runs_name_the_batch_and_key(value, why):
+    with pytest.raises(MalformedItem) as info:
+        decode_item(item(metadata={"run": value}), run_key="run")
+    assert str(info.value).startswith("batch b-7: metadata['run']")
+    assert why in str(info.value)

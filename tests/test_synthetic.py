@@ -296,6 +296,16 @@ def test_scalar_wavelength_option() -> None:
     assert all(t.photon_energy_ev == HC_EV_ANGSTROM / lam for t in batch.truth)
 
 
+def test_runs_number_consecutive_events() -> None:
+    spec = dataclasses.replace(SMALL, events_per_run=3)
+    runs = [t.run for i in range(3) for t in make_batch(spec, i).truth]
+    assert runs == [1 + e // 3 for e in range(3 * SMALL.batch_size)]
+    batch = make_batch(spec, 1)
+    assert batch.metadata["run"].tolist() == [t.run for t in batch.truth]
+    assert "run" not in make_batch(SMALL, 0).metadata
+    assert all(t.run is None for t in make_batch(SMALL, 0).truth)
+
+
 def test_to_item_has_the_producers_attribute_names() -> None:
     names = [f.name for f in dataclasses.fields(PipelineOutput)]
     assert names == [

@@ -49,7 +49,7 @@ class Writer:
         self.index = index
         self.drainer = drainer
         self.layouts = Layouts(layout)
-        self.geom_written: set[tuple[int, int, int]] = set()
+        self.geom_written: set[tuple[Path, int, int, int]] = set()
         self.output_dir = Path(output_dir)
         self.run_label = run_label
         self.num_writers = out.num_writers
@@ -63,7 +63,12 @@ class Writer:
             maxsize=config.processing.writer_inbox
         )
         self.sequence = cxi.SequenceCounter(self.output_dir, out.file_prefix)
-        self._remove_leftovers()
+        self._remove_leftovers(self.output_dir)
+        self.run_sequences: dict[str, cxi.SequenceCounter] = {}  # runs named by metadata
+        if out.run_from_metadata is not None:
+            for directory in sorted(p for p in self.output_dir.iterdir() if p.is_dir()):
+                self._remove_leftovers(directory)
+        self.warned_no_run = False
         self.flush_requested = False
         self.wake = asyncio.Event()
         self.loop_task: asyncio.Task | None = None
@@ -83,14 +88,14 @@ class Writer:
             "batch_id_source": "peaknet-pipeline-ray Q2",
         }
 
-    def _remove_leftovers(self) -> None:
+    def _remove_leftovers(self, directory: Path) -> None:
         """A crashed writer's `.inprogress` files are incomplete: remove them, say so.
 
         Writer k owns the sequence numbers congruent to k, so it only touches those; the
         counter above has already seen them, so their numbers are never reused.
         """
         prefix = self.config.output.file_prefix
-        for seq, path in cxi.leftover_inprogress(self.output_dir, prefix):
+        for seq, path in cxi.leftover_inprogress(directory, prefix):
             if seq % self.num_writers != self.index:
                 continue
             try:
@@ -176,7 +181,7 @@ class Writer:
     def _timeout(self) -> float | None:
         if self.write_tasks and not self._may_start_write():
             return None  # _write_done wakes the loop
-        if self.assembler.retry:
+        if self.assembler.retry or self.assembler.closed:
             return max(0.0, self.retry_after - time.monotonic())
         return self.assembler.seconds_until_due()
 
@@ -198,10 +203,6 @@ class Writer:
         images = await self._fetch_images(batch)
         if not batch.events:
             return
-        seq = self._next_sequence()
-        path = self.output_dir / cxi.cxi_file_name(
-            self.config.output.file_prefix, self.run_label, seq
-        )
         events = cxi.CxiEvents.pack(
             [_record(e) for e in batch.events], self.config.peak_finding.max_num_peak
         )
@@ -210,7 +211,11 @@ class Writer:
         self._remove_residue()
         t0 = time.perf_counter()
         try:
-            await asyncio.to_thread(self._write_file, path, batch, events, images)
+            directory, label, sequence = self._location(batch.events[0].event.run)
+            path = directory / cxi.cxi_file_name(
+                self.config.output.file_prefix, label, self._next_sequence(sequence)
+            )
+            await asyncio.to_thread(self._write_file, path, batch, events, images, label)
         except Exception as exc:  # CxiWriteError, or a bug: either way the events stay
             self._write_failed(batch, exc)
             return
@@ -221,11 +226,16 @@ class Writer:
         await self._send_acks(self.assembler.file_written(batch))
 
     def _write_file(
-        self, path: Path, batch: FileBatch, events: cxi.CxiEvents, images: dict[int, Any]
+        self,
+        path: Path,
+        batch: FileBatch,
+        events: cxi.CxiEvents,
+        images: dict[int, Any],
+        label: str,
     ) -> None:
         first = batch.events[0]
         layout = self.layouts.for_shape(first.num_panels, *first.panel_shape)
-        self._write_slab_geom(first.num_panels, first.panel_shape, layout)
+        self._write_slab_geom(path.parent, first.num_panels, first.panel_shape, layout)
         missing = all(e.delivery_id not in images for e in batch.events)
 
         def fill_frame(i: int, out: np.ndarray) -> None:
@@ -245,18 +255,18 @@ class Writer:
             None if missing else fill_frame,
             compression=self.config.output.compression,
             fsync=self.config.output.fsync,
-            attrs=self.attrs,
+            attrs={**self.attrs, "run": label},
             filtered_events=batch.filtered,
         )
 
     def _write_slab_geom(
-        self, num_panels: int, panel_shape: tuple[int, int], layout: SlabLayout
+        self, directory: Path, num_panels: int, panel_shape: tuple[int, int], layout: SlabLayout
     ) -> None:
         """The geometry that indexes these files, written beside them once per layout."""
-        key = (num_panels, *panel_shape)
+        key = (directory, num_panels, *panel_shape)
         if key in self.geom_written:
             return
-        path = self.output_dir / f"{self.config.output.file_prefix}.geom"
+        path = directory / f"{self.config.output.file_prefix}.geom"
         write_slab_geom(path, layout, self.config.geometry.geom_file)
         self.geom_written.add(key)
 
@@ -306,10 +316,37 @@ class Writer:
                 continue
             self.residue.discard(path)
 
-    def _next_sequence(self) -> int:
+    def _location(self, run: str | None) -> tuple[Path, str, cxi.SequenceCounter]:
+        """Directory, label and sequence of a file: ``<output_dir>/<run>/`` for a metadata run.
+
+        A run's directory is made (and cleared of a crashed writer's leftovers) on first use;
+        OSError from that is a failed write like any other, retried with the events kept.
+        """
+        key = self.config.output.run_from_metadata
+        if run is None:
+            if key is not None and not self.warned_no_run:
+                self.warned_no_run = True
+                log.warning(
+                    "events without metadata[%r] go to %s, labelled %s",
+                    key,
+                    self.output_dir,
+                    self.run_label,
+                )
+            return self.output_dir, self.run_label, self.sequence
+        sequence = self.run_sequences.get(run)
+        if sequence is None:
+            directory = self.output_dir / run
+            directory.mkdir(exist_ok=True)
+            sequence = cxi.SequenceCounter(directory, self.config.output.file_prefix)
+            self._remove_leftovers(directory)
+            self.run_sequences[run] = sequence
+            log.info("run %s: writing to %s", run, directory)
+        return self.output_dir / run, run, sequence
+
+    def _next_sequence(self, sequence: cxi.SequenceCounter) -> int:
         """Numbers of writer k are congruent to k modulo the number of writers."""
         while True:
-            seq = self.sequence.next()
+            seq = sequence.next()
             if seq % self.num_writers == self.index:
                 return seq
 
@@ -324,7 +361,7 @@ class Writer:
             "%s; keeping its %d events and retrying (credits are not released meanwhile)",
             exc,
             len(batch.events),
-            exc_info=not isinstance(exc, cxi.CxiWriteError),
+            exc_info=not isinstance(exc, OSError),  # CxiWriteError, or a run directory
         )
         residue = getattr(exc, "residue", None)
         if residue is not None:
