@@ -109,6 +109,11 @@ class PlacementConfig(_Section):
     finder_resources: dict[str, Amount] = {}  # custom resources per finder, e.g. {cxi_cpu = 1}
     writer_resources: dict[str, Amount] = {}  # e.g. {output_disk = 1}: the node that owns the disk
     finder_strategy: Literal["DEFAULT", "SPREAD"] = "DEFAULT"  # SPREAD: finders across nodes
+    # A placement group of one bundle per finder, reserved before any finder starts:
+    # STRICT_SPREAD = one finder per node, guaranteed; "none": no placement group.
+    finder_placement_group: Literal["none", "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = (
+        "none"
+    )
     writer_node_ip: NonEmpty | None = None  # pin writers to the alive node with this IP
     finder_label_selector: dict[str, str] = {}  # node labels a finder needs, e.g. {role = "cpu"}
     writer_label_selector: dict[str, str] = {}  # node labels a writer needs
@@ -538,6 +543,7 @@ def _check_placement(cfg: Config) -> None:
                     "letters, digits, '-', '_' or '.', at most 63).",
                     key,
                 )
+    _check_placement_group(cfg)
     if pl.writer_node_ip is not None:
         try:
             ipaddress.ip_address(pl.writer_node_ip)
@@ -548,6 +554,35 @@ def _check_placement(cfg: Config) -> None:
                 "node that owns the output disk, as `ray status` or ray.nodes() shows it.",
                 key,
             ) from None
+
+
+def _check_placement_group(cfg: Config) -> None:
+    """A finder placement group replaces the other finder placement settings."""
+    pl, key = cfg.placement, "placement.finder_placement_group"
+    if pl.finder_placement_group == "none":
+        return
+    group = _fmt(pl.finder_placement_group)
+    if pl.finder_strategy != "DEFAULT":
+        raise ConfigError(
+            f"placement.finder_strategy = {_fmt(pl.finder_strategy)} and {key} = {group} both "
+            f'place the finders: keep finder_strategy = "DEFAULT" (the group\'s strategy '
+            "decides).",
+            "placement.finder_strategy",
+        )
+    if pl.finder_label_selector:
+        raise ConfigError(
+            f"placement.finder_label_selector = {_fmt(pl.finder_label_selector)} cannot be used "
+            f"with {key} = {group}: ask for a custom resource of those nodes in "
+            "placement.finder_resources instead.",
+            "placement.finder_label_selector",
+        )
+    if cfg.processing.finder_num_cpus <= 0 and not any(pl.finder_resources.values()):
+        raise ConfigError(
+            f"{key} = {group} needs each finder to reserve something, but "
+            "processing.finder_num_cpus = 0 and placement.finder_resources is empty: give "
+            "either a positive amount.",
+            key,
+        )
 
 
 def _probe_writable(directory: Path) -> str | None:

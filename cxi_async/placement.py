@@ -22,6 +22,7 @@ __all__ = [
     "actor_options",
     "alive_nodes",
     "check_placement",
+    "finder_bundles",
     "selector_matches",
     "writer_node",
 ]
@@ -58,22 +59,44 @@ def alive_nodes(nodes: Iterable[Mapping[str, Any]]) -> list[Node]:
     ]
 
 
-def actor_options(config: Config, role: Role, nodes: Sequence[Node] = ()) -> dict[str, Any]:
+def finder_bundles(config: Config) -> list[dict[str, float]]:
+    """One placement-group bundle per finder: what one finder asks for (zeros left out)."""
+    need = {"CPU": config.processing.finder_num_cpus, **config.placement.finder_resources}
+    bundle = {r: float(a) for r, a in need.items() if a > 0}
+    return [dict(bundle) for _ in range(config.processing.num_finders)]
+
+
+def actor_options(
+    config: Config,
+    role: Role,
+    nodes: Sequence[Node] = (),
+    *,
+    placement_group: Any = None,
+    bundle_index: int = -1,
+) -> dict[str, Any]:
     """The ``.options(...)`` kwargs of a finder or writer: num_cpus, resources, strategy, labels.
 
     ``nodes`` (the alive nodes) is only read to resolve ``placement.writer_node_ip`` to a node
-    id, which is what Ray's node affinity takes.
+    id, which is what Ray's node affinity takes. A finder given ``placement_group`` (made from
+    `finder_bundles`) runs in its bundle ``bundle_index``.
     """
     pl, p = config.placement, config.processing
     if role == "finder":
+        strategy: Any = pl.finder_strategy
+        if placement_group is not None:
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            strategy = PlacementGroupSchedulingStrategy(
+                placement_group, placement_group_bundle_index=bundle_index
+            )
         options: dict[str, Any] = {
             "num_cpus": p.finder_num_cpus,
             "resources": dict(pl.finder_resources),
-            "scheduling_strategy": pl.finder_strategy,
+            "scheduling_strategy": strategy,
         }
         selector = pl.finder_label_selector
     elif role == "writer":
-        strategy: Any = "DEFAULT"
+        strategy = "DEFAULT"
         if pl.writer_node_ip is not None:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -178,6 +201,8 @@ def check_placement(config: Config, nodes: Sequence[Node]) -> None:
                 f"no alive Ray node{where} has what one {role} needs ({_amounts(need)}, from "
                 f"processing.{role}_num_cpus and {key}): lower them or add such a node."
             )
+        if role == "finder":
+            _check_group(config, need, fit, where)
         for r, a in need.items():
             have = sum(n.resources.get(r, 0) for n in fit)
             if count * a > have + _EPS:
@@ -187,6 +212,28 @@ def check_placement(config: Config, nodes: Sequence[Node]) -> None:
                     f"{where} that can hold a {role} have {have:g}: lower the count or the "
                     "amount, or add nodes."
                 )
+
+
+def _check_group(
+    config: Config, need: Mapping[str, float], fit: Sequence[Node], where: str
+) -> None:
+    """The strict placement-group strategies need enough nodes, or one big enough node."""
+    strategy, count = config.placement.finder_placement_group, config.processing.num_finders
+    key = "placement.finder_placement_group"
+    if strategy == "STRICT_SPREAD" and len(fit) < count:
+        raise PlacementError(
+            f'{key} = "STRICT_SPREAD" puts each of the {count} finders on its own node, but '
+            f"only {len(fit)} alive Ray node(s){where} can hold a finder ({_amounts(need)}): "
+            "add nodes, lower processing.num_finders, or use SPREAD."
+        )
+    if strategy == "STRICT_PACK" and not any(
+        all(n.resources.get(r, 0) + _EPS >= count * a for r, a in need.items()) for n in fit
+    ):
+        total = {r: count * a for r, a in need.items()}
+        raise PlacementError(
+            f'{key} = "STRICT_PACK" puts all {count} finders on one node, but no alive Ray '
+            f"node{where} has {_amounts(total)}: lower the amounts or use PACK."
+        )
 
 
 def _table(d: Mapping[str, Any]) -> str:

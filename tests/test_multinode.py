@@ -229,6 +229,20 @@ def test_spread_finders_land_on_both_nodes(two_nodes, tmp_path):
     check_output(config)
 
 
+def test_strict_spread_placement_group_puts_a_finder_on_each_node(two_nodes, tmp_path):
+    config, report, output = run_pipeline(
+        two_nodes,
+        tmp_path,
+        "placement.finder_placement_group=STRICT_SPREAD",
+        "processing.num_finders=2",
+        "processing.finder_num_cpus=0.1",
+    )
+    assert report["returncode"] == 0, output
+    nodes = sorted(f["node_id"] for f in report["stats"]["finders"])
+    assert nodes == sorted(two_nodes.node_ids.values()), output
+    check_output(config)
+
+
 def test_writer_resource_and_finder_labels_pin_the_actors(two_nodes, tmp_path):
     config, report, output = run_pipeline(
         two_nodes,

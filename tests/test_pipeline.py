@@ -75,6 +75,23 @@ async def test_events_without_a_run_stay_in_the_output_directory(make_config):
             assert f.attrs["run"] == final["run_label"]
 
 
+async def test_finders_in_a_placement_group(make_config):
+    config = make_config("placement.finder_placement_group=PACK", "processing.finder_num_cpus=0.25")
+    before = set(ray.util.placement_group_table())
+    pipeline = await Pipeline.start(config)
+    groups = {k: g for k, g in ray.util.placement_group_table().items() if k not in before}
+    assert [(g["strategy"], g["state"], len(g["bundles"])) for g in groups.values()] == [
+        ("PACK", "CREATED", config.processing.num_finders)
+    ]
+    final = await pipeline.wait()
+    kept, _ = check_against_truth(
+        read_cxi_files(pipeline.output_dir), truth_for(config), panel_height=32
+    )
+    assert final["events_written"] == kept
+    (group_id,) = groups
+    assert ray.util.placement_group_table()[group_id]["state"] == "REMOVED"
+
+
 async def q2_sizes(config) -> list[int]:
     shards = connect_shards(config.queue.name, config.ray.namespace, 1, 4)
     return [await s.size.remote() for s in shards]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.util.scheduling_strategies import (
+    NodeAffinitySchedulingStrategy,
+    PlacementGroupSchedulingStrategy,
+)
 
 from cxi_async.config import Config, ConfigError, dump_toml, load_config
 from cxi_async.placement import (
@@ -12,6 +15,7 @@ from cxi_async.placement import (
     actor_options,
     alive_nodes,
     check_placement,
+    finder_bundles,
     selector_matches,
 )
 
@@ -327,3 +331,84 @@ def test_invalid_placement_names_the_key(setting, words):
     assert err.key == "placement." + setting.split("=")[0]
     assert words in str(err)
     assert "\n" not in str(err)
+
+
+# ------------------------------------------------------------------ finder placement group
+
+
+def test_finder_bundles_hold_what_one_finder_asks_for():
+    cfg = config(
+        "processing.num_finders=3",
+        "processing.finder_num_cpus=0.5",
+        "placement.finder_resources={cxi_cpu = 1, unused = 0}",
+    )
+    assert finder_bundles(cfg) == [{"CPU": 0.5, "cxi_cpu": 1.0}] * 3
+    cfg = config("processing.finder_num_cpus=0", "placement.finder_resources={cxi_cpu = 2}")
+    assert finder_bundles(cfg) == [{"cxi_cpu": 2.0}] * 2
+
+
+def test_a_finder_in_a_placement_group_runs_in_its_bundle():
+    group = object()  # stands for a ray PlacementGroup; the strategy only carries it
+    cfg = config("placement.finder_placement_group=STRICT_SPREAD")
+    options = actor_options(cfg, "finder", placement_group=group, bundle_index=1)
+    strategy = options["scheduling_strategy"]
+    assert isinstance(strategy, PlacementGroupSchedulingStrategy)
+    assert strategy.placement_group is group
+    assert strategy.placement_group_bundle_index == 1
+    assert options["num_cpus"] == 1.0
+    assert actor_options(cfg, "finder")["scheduling_strategy"] == "DEFAULT"
+
+
+def test_strict_spread_needs_a_node_per_finder():
+    cfg = config(
+        "placement.finder_placement_group=STRICT_SPREAD",
+        "processing.num_finders=3",
+        "placement.finder_resources={cxi_cpu = 1}",
+    )
+    assert placement_error(cfg) == (
+        'placement.finder_placement_group = "STRICT_SPREAD" puts each of the 3 finders on its '
+        "own node, but only 2 alive Ray node(s) can hold a finder (1 CPU and 1 cxi_cpu): add "
+        "nodes, lower processing.num_finders, or use SPREAD."
+    )
+    check_placement(config("placement.finder_placement_group=STRICT_SPREAD"), CLUSTER)
+    check_placement(
+        config(
+            "placement.finder_placement_group=SPREAD",
+            "processing.num_finders=3",
+            "placement.finder_resources={cxi_cpu = 1}",
+        ),
+        CLUSTER,
+    )
+
+
+def test_strict_pack_needs_one_node_for_all_finders():
+    cfg = config(
+        "placement.finder_placement_group=STRICT_PACK",
+        "processing.num_finders=10",
+        "processing.finder_num_cpus=1",
+    )
+    assert placement_error(cfg) == (
+        'placement.finder_placement_group = "STRICT_PACK" puts all 10 finders on one node, '
+        "but no alive Ray node has 10 CPU: lower the amounts or use PACK."
+    )
+    check_placement(
+        config("placement.finder_placement_group=PACK", "processing.num_finders=10"), CLUSTER
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "words"),
+    [
+        (["placement.finder_strategy=SPREAD"], "placement.finder_strategy", "both place"),
+        (
+            ["placement.finder_label_selector={role = 'cpu'}"],
+            "placement.finder_label_selector",
+            "cannot be used with",
+        ),
+        (["processing.finder_num_cpus=0"], "placement.finder_placement_group", "reserve"),
+    ],
+)
+def test_a_placement_group_excludes_other_finder_placement(overrides, key, words):
+    err = config_error("placement.finder_placement_group=SPREAD", *overrides)
+    assert err.key == key
+    assert words in str(err) and 'placement.finder_placement_group = "SPREAD"' in str(err)

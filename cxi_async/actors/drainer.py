@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 import ray
+from ray.util.placement_group import placement_group, remove_placement_group
 
 from cxi_async import cxi
 from cxi_async.actors.common import is_actor_death, setup_actor_logging
@@ -33,7 +34,7 @@ from cxi_async.config import Config, config_to_dict
 from cxi_async.finding import load_slab_layout
 from cxi_async.messages import EMPTY, SHARD_GONE, Ack, BatchResult, Delivery, writer_index
 from cxi_async.metrics import PipelineMetrics
-from cxi_async.placement import actor_options, alive_nodes, check_placement
+from cxi_async.placement import actor_options, alive_nodes, check_placement, finder_bundles
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class Drainer:
         self.credits = asyncio.Semaphore(config.processing.credits)
         self.shards: list[Any] = []
         self.finders: list[Any] = []
+        self.finder_group: Any = None  # placement group of the finders, if configured
         self.writers: list[Any] = []
         self.finder_slots: asyncio.Queue[int] = asyncio.Queue()
         self.tasks: set[asyncio.Task] = set()
@@ -140,6 +142,7 @@ class Drainer:
             cfg.replay.zero_copy or not cfg.replay.enabled,
         )
         _check_cpus(cfg)
+        self.finder_group = await _reserve_finder_group(cfg)
         self.writers = [self._new_writer(i) for i in range(cfg.output.num_writers)]
         self.finders = [self._new_finder(i) for i in range(cfg.processing.num_finders)]
         await _placed(self.writers + self.finders, cfg)
@@ -210,7 +213,12 @@ class Drainer:
 
         return (
             ray.remote(Finder)
-            .options(**actor_options(self.config, "finder"), max_restarts=0)
+            .options(
+                **actor_options(
+                    self.config, "finder", placement_group=self.finder_group, bundle_index=index
+                ),
+                max_restarts=0,
+            )
             .remote(self.config, index, self.writers)
         )
 
@@ -286,6 +294,8 @@ class Drainer:
         self.final = stats
         for actor in [*self.finders, *self.writers]:
             ray.kill(actor)
+        if self.finder_group is not None:
+            remove_placement_group(self.finder_group)
         self.finished.set()
         log.info("stopped (%s)", self.stop_reason)
         return stats
@@ -667,6 +677,26 @@ def _check_cpus(cfg: Config) -> None:
             "lower them (fractions are fine) or add nodes."
         )
     check_placement(cfg, alive_nodes(ray.nodes()))  # custom resources, labels, writer node
+
+
+async def _reserve_finder_group(cfg: Config, timeout: float = 120.0) -> Any:
+    """The finders' placement group (one bundle each), ready; None without one."""
+    strategy = cfg.placement.finder_placement_group
+    if strategy == "none":
+        return None
+    bundles = finder_bundles(cfg)
+    group = placement_group(bundles, strategy=strategy)
+    try:
+        await asyncio.wait_for(_await(group.ready()), timeout)
+    except asyncio.TimeoutError:
+        remove_placement_group(group)
+        raise RuntimeError(
+            f'Ray could not reserve placement.finder_placement_group = "{strategy}" '
+            f"({len(bundles)} bundles of {bundles[0]}) within {timeout:g} s: other jobs hold "
+            "the resources, or the nodes cannot hold that strategy."
+        ) from None
+    log.info("reserved a %s placement group of %d finder bundles", strategy, len(bundles))
+    return group
 
 
 async def _placed(actors: list[Any], cfg: Config, timeout: float = 120.0) -> None:
