@@ -6,6 +6,8 @@ then ``os.replace``): a reader sees the old or the new content, never half of it
 
 - ``files.lst``: the finished ``.cxi`` files (absolute paths, in the order they finished).
 - ``events.lst``: one line per kept frame, ``<path> //<i>``, for ``indexamajig -i events.lst``.
+- ``<run>/files.lst`` and ``<run>/events.lst``: the same for the files of one run
+  sub-directory (``output.run_from_metadata``).
 - ``status.json``: counts, hit rate, rates, credits and queue depth, refreshed while running.
 - ``<prefix>_<run_label>_report.json``: config, final counts, throughput samples, files.
 
@@ -243,6 +245,7 @@ class Catalog:
         self._last_status: tuple[float, int] | None = None  # (elapsed_s, processed)
         self._recent: float | None = None  # events/s between the last two status updates
         self._dirty = False
+        self._dirty_runs: set[Path] = set()  # run sub-directories whose own lists are stale
         self._last_write = -math.inf
         self._load()
 
@@ -314,17 +317,27 @@ class Catalog:
         self._entries.append(entry)
         self._chunks.append(event_lines(entry.path, entry.events))
         self._known.add(entry.path)
+        parent = Path(entry.path).parent
+        if parent.parent == self.output_dir:  # <output_dir>/<run>/: that run gets lists too
+            self._dirty_runs.add(parent)
 
     def _flush_lists(self, force: bool) -> None:
-        if not self._dirty:
+        if not self._dirty and not self._dirty_runs:
             return
         now = time.monotonic()
         if not force and now - self._last_write < self.min_interval_s:
             return
         # events.lst first: after a crash between the two, loading recovers files.lst from it.
-        self._write(self.events_path, self._chunks)
-        self._write(self.files_path, (f"{e.path}\n" for e in self._entries))
-        self._dirty = False
+        if self._dirty:
+            self._write(self.events_path, self._chunks)
+            self._write(self.files_path, (f"{e.path}\n" for e in self._entries))
+            self._dirty = False
+        for directory in sorted(self._dirty_runs):
+            # A run's own lists, derived from the whole ones, for `indexamajig -i <run>/...`.
+            mine = [i for i, e in enumerate(self._entries) if Path(e.path).parent == directory]
+            self._write(directory / EVENTS_LIST, (self._chunks[i] for i in mine))
+            self._write(directory / FILES_LIST, (f"{self._entries[i].path}\n" for i in mine))
+            self._dirty_runs.discard(directory)
         self._last_write = now
 
     def _load(self) -> None:

@@ -91,6 +91,30 @@ def test_lists_have_exact_content(tmp_path: Path) -> None:
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
 
 
+def test_each_run_directory_gets_its_own_lists(tmp_path: Path) -> None:
+    r1, r2 = tmp_path / "r0001", tmp_path / "r0002"
+    r1.mkdir()
+    r2.mkdir()
+    a, b, c = _cxi(r1, 0, "r0001"), _cxi(r2, 0, "r0002"), _cxi(r1, 1, "r0001")
+    top = _cxi(tmp_path, 0, "start")
+    cat = Catalog(tmp_path, "peaknet", "start")
+    for path, n in ((a, 2), (b, 1), (top, 1), (c, 1)):
+        cat.add_file(path, n)
+    cat.flush()
+    assert (tmp_path / FILES_LIST).read_text() == f"{a}\n{b}\n{top}\n{c}\n"
+    assert (r1 / FILES_LIST).read_text() == f"{a}\n{c}\n"
+    assert (r1 / EVENTS_LIST).read_text() == f"{a} //0\n{a} //1\n{c} //0\n"
+    assert (r2 / EVENTS_LIST).read_text() == f"{b} //0\n"
+    # A restart rebuilds a run's lists from the whole ones and continues them.
+    (r2 / EVENTS_LIST).unlink()
+    again = Catalog(tmp_path, "peaknet", "later")
+    d = _cxi(r2, 1, "r0002")
+    again.add_file(d, 1)
+    again.flush()
+    assert (r2 / EVENTS_LIST).read_text() == f"{b} //0\n{d} //0\n"
+    assert (r1 / FILES_LIST).read_text() == f"{a}\n{c}\n"
+
+
 def test_relative_paths_are_listed_absolute(tmp_path: Path, monkeypatch) -> None:
     a = _cxi(tmp_path, 0)
     monkeypatch.chdir(tmp_path)

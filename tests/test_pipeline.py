@@ -59,6 +59,11 @@ async def test_runs_from_metadata_get_directories_of_their_own(make_config):
             assert f.attrs["run"] == path.parent.name
     assert all((out / run / "peaknet.geom").is_file() for run in runs)
     assert sorted((out / "files.lst").read_text().split()) == [str(p.resolve()) for p in files]
+    for run in runs:  # each run's own lists, for indexamajig -i <run>/events.lst
+        mine = [str(p.resolve()) for p in files if p.parent.name == run]
+        assert sorted((out / run / "files.lst").read_text().split()) == mine
+        lines = (out / run / "events.lst").read_text().splitlines()
+        assert len(lines) == sum(1 for e in events.values() if e["file"].parent.name == run)
 
 
 async def test_events_without_a_run_stay_in_the_output_directory(make_config):
