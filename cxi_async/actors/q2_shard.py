@@ -12,11 +12,21 @@ from typing import Any
 
 import ray
 
-from cxi_async.q2 import FifoShard, shard_names
+from cxi_async import q2
+from cxi_async.actors.common import quiet_zero_copy_warnings
+from cxi_async.q2 import shard_names
 
 log = logging.getLogger(__name__)
 
 ZERO_COPY_ENV = {"RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1"}
+
+
+class FifoShard(q2.FifoShard):
+    """The shard cxi_async creates: q2.FifoShard, without the zero-copy warnings."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        quiet_zero_copy_warnings()
+        super().__init__(*args, **kwargs)
 
 
 RemoteQ2Shard = ray.remote(num_cpus=0)(FifoShard)
