@@ -211,6 +211,16 @@ def preprocessing(
 
 def good_values(key: str, b: int) -> list[Any]:
     """Values of a metadata key that decode: scalars, arrays, tensors, lists, None."""
+    if key == "run":
+        return [
+            3,
+            np.int64(4),
+            np.arange(b),
+            torch.arange(b),
+            "mfx_run1",
+            [f"r{i}" for i in range(b)],
+            None,
+        ]
     if key == "timestamp":
         return [
             0,
@@ -238,6 +248,18 @@ def good_values(key: str, b: int) -> list[Any]:
 
 
 def bad_values(key: str, b: int) -> list[Any]:
+    if key == "run":
+        return [
+            -1,
+            1.5,
+            "../x",
+            "",
+            np.ones(b + 1, np.int64),
+            [[1] * b],
+            True,
+            {"a": 1},
+            [None] * b,
+        ]
     dtype = np.uint64 if key == "timestamp" else np.float64
     values = [np.ones(b + 1, dtype), "abc", [[1] * b], True, {"a": 1}, [None] * b]
     if key == "timestamp":
@@ -255,7 +277,7 @@ def metadata(draw, case: Case, b: int) -> Any:
         return outer
     if draw(st.integers(0, 5)) == 0:
         return None
-    keys = ("photon_energy", "photon_wavelength", "timestamp")
+    keys = ("photon_energy", "photon_wavelength", "timestamp", "run")
     md = {k: draw(st.sampled_from(good_values(k, b))) for k in keys if draw(st.booleans())}
     if "metadata_value" in case.faults:
         key = draw(st.sampled_from(keys))
@@ -397,6 +419,7 @@ def finder(policy: str, min_num_peak: int, max_num_peak: int) -> BatchFinder:
         f"peak_finding.min_num_peak={min_num_peak}",
         f"peak_finding.max_num_peak={max_num_peak}",
         "output.photon_energy_ev=9500",
+        "output.run_from_metadata='run'",
     ]
     return BatchFinder(load_config(None, overrides, check_paths=False))
 
@@ -433,6 +456,7 @@ def check(case: Case, res: Any, min_num_peak: int, max_num_peak: int) -> None:
             assert len(getattr(e, name)) == n, name
         assert math.isfinite(e.photon_energy_ev) and e.photon_energy_ev > 0
         assert 0 <= e.timestamp < 2**64
+        assert e.run is None or (isinstance(e.run, str) and "/" not in e.run and e.run)
 
 
 @settings(
