@@ -97,6 +97,17 @@ async def test_finders_in_a_placement_group(make_config):
     assert ray.util.placement_group_table()[group_id]["state"] == "REMOVED"
 
 
+async def test_files_hold_events_per_file_until_the_final_flush(make_config):
+    """One file at most is short (the final flush) when files close on size alone."""
+    config = make_config("output.max_file_age_s=60", "replay.num_batches=16")
+    pipeline = await Pipeline.start(config)
+    final = await pipeline.wait()
+    sizes = [f["events"] for f in final["files_written"]]
+    assert sum(sizes) == final["events_written"]
+    assert len([n for n in sizes if n != config.output.events_per_file]) <= 1, sizes
+    assert len(sizes) == -(-sum(sizes) // config.output.events_per_file), sizes
+
+
 async def q2_sizes(config) -> list[int]:
     shards = connect_shards(config.queue.name, config.ray.namespace, 1, 4)
     return [await s.size.remote() for s in shards]

@@ -174,7 +174,13 @@ class Writer:
                 getter = None
                 await self._send_acks(acks)
             while self._may_start_write() and self.assembler.due(flush=self.flush_requested):
-                task = asyncio.ensure_future(self._write_next())
+                # Take the file now, not in the task: a task that has not run yet would leave
+                # the events in the open file, and the next turn would start a second task
+                # that takes the same file's remainder (files of 6 events instead of 16).
+                batch = self.assembler.take_file()
+                if batch is None:
+                    break
+                task = asyncio.ensure_future(self._write_next(batch))
                 self.write_tasks.add(task)
                 task.add_done_callback(self._write_done)
 
@@ -195,11 +201,8 @@ class Writer:
             )
         self.wake.set()
 
-    async def _write_next(self) -> None:
-        """Write one due file; on failure keep its events and retry with back-off."""
-        batch = self.assembler.take_file()
-        if batch is None:
-            return
+    async def _write_next(self, batch: FileBatch) -> None:
+        """Write one file taken from the assembler; on failure keep its events and retry."""
         images = await self._fetch_images(batch)
         if not batch.events:
             return
