@@ -66,6 +66,36 @@ async def test_runs_from_metadata_get_directories_of_their_own(make_config):
         assert len(lines) == sum(1 for e in events.values() if e["file"].parent.name == run)
 
 
+@pytest.mark.slow  # two pipeline runs, ~40 s; restarts are in the default set via test_cli
+async def test_a_restart_continues_every_run_directory(make_config):
+    """Same output_dir, runs from metadata: new sequence numbers and lists in every run."""
+    runs = ("output.run_from_metadata='run'", "replay.events_per_run=5")
+    first_config = make_config(*runs)
+    pipeline = await Pipeline.start(first_config)
+    await pipeline.wait()
+    out = pipeline.output_dir
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*/*.cxi")}
+    leftover = out / "r0001" / "peaknet_r0001_000050.cxi.inprogress"
+    leftover.write_bytes(b"half a file")
+
+    second_config = make_config(*runs, "replay.seed=1", "replay.num_batches=4")
+    pipeline = await Pipeline.start(second_config)
+    await pipeline.wait()
+    assert not leftover.exists()
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    for run in ("r0001", "r0002"):
+        first = sorted(int(p.stem[-6:]) for p in before if p.parent.name == run)
+        numbers = sorted(int(p.stem[-6:]) for p in (out / run).glob("*.cxi"))
+        second = [n for n in numbers if n not in first]
+        assert second and min(second) > max(first), (run, first, second)
+        listed = (out / run / "files.lst").read_text().split()
+        assert sorted(listed) == sorted(str(p.resolve()) for p in (out / run).glob("*.cxi"))
+    events = read_cxi_files(out, "*/*.cxi")  # also: no event twice across both runs
+    truth = {**truth_for(first_config), **truth_for(second_config)}
+    kept, _ = check_against_truth(events, truth, panel_height=32)
+    assert len(events) == kept
+
+
 async def test_events_without_a_run_stay_in_the_output_directory(make_config):
     config = make_config("output.run_from_metadata='run'", "replay.num_batches=2")
     pipeline = await Pipeline.start(config)
