@@ -54,8 +54,8 @@ Cpus = Annotated[float, Meta(ge=0)]
 Positive = Annotated[float, Meta(gt=0)]
 Fraction = Annotated[float, Meta(ge=0, le=1)]
 NonEmpty = Annotated[str, Meta(min_length=1)]
-_SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
-SafeName = Annotated[str, Meta(pattern=_SAFE_NAME)]  # becomes part of file names
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # also for run names from Q2 metadata (q2.py)
+SafeName = Annotated[str, Meta(pattern=SAFE_NAME)]  # becomes part of file names
 Shape2 = tuple[Count, Count]
 Amount = Annotated[float, Meta(ge=0)]  # of a Ray custom resource
 
@@ -244,7 +244,7 @@ def _describe(t: mi.Type) -> str:
     if isinstance(t, mi.BoolType):
         return "true or false"
     if isinstance(t, mi.StrType):
-        if t.pattern == _SAFE_NAME:
+        if t.pattern == SAFE_NAME:
             return "a name of letters, digits, '.', '_' or '-' (starting with a letter or digit)"
         return "a non-empty string" if t.min_length else "a string"
     if isinstance(t, mi.NoneType):

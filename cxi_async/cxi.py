@@ -20,7 +20,7 @@ import mmap
 import os
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -292,16 +292,25 @@ def inprogress_path(final_path: Path) -> Path:
     return final_path.with_name(final_path.name + INPROGRESS_SUFFIX)
 
 
+def _numbered_files(directory: str | os.PathLike[str], prefix: str) -> list[tuple[int, Path]]:
+    """``(seq, path)`` of every ``<prefix>_*_<seq>.cxi`` and ``.cxi.inprogress`` in directory."""
+    suffix = re.escape(INPROGRESS_SUFFIX)
+    pattern = re.compile(rf"{re.escape(prefix)}_.+_(\d{{6,}})\.cxi(?:{suffix})?")
+    with os.scandir(directory) as entries:
+        return [
+            (int(match.group(1)), Path(entry.path))
+            for entry in entries
+            if (match := pattern.fullmatch(entry.name))
+        ]
+
+
 def leftover_inprogress(directory: str | os.PathLike[str], prefix: str) -> list[tuple[int, Path]]:
     """``(seq, path)`` of the ``.cxi.inprogress`` files a crashed writer left in directory."""
-    pattern = re.compile(rf"{re.escape(prefix)}_.+_(\d{{6,}})\.cxi{re.escape(INPROGRESS_SUFFIX)}")
-    found = []
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            match = pattern.fullmatch(entry.name)
-            if match:
-                found.append((int(match.group(1)), Path(entry.path)))
-    return sorted(found)
+    return sorted(
+        (seq, path)
+        for seq, path in _numbered_files(directory, prefix)
+        if path.name.endswith(INPROGRESS_SUFFIX)
+    )
 
 
 def count_events(path: str | os.PathLike[str]) -> int:
@@ -327,20 +336,13 @@ class SequenceCounter:
         self._next = self._scan() + 1
 
     def _scan(self) -> int:
-        pattern = re.compile(rf"{re.escape(self.prefix)}_.+_(\d{{6,}})\.cxi(?:\.inprogress)?")
         if not self.directory.is_dir():
             raise FileNotFoundError(
                 errno.ENOENT,
                 "CXI output directory does not exist; create it before counting sequence numbers",
                 str(self.directory),
             )
-        highest = -1
-        with os.scandir(self.directory) as entries:
-            for entry in entries:
-                match = pattern.fullmatch(entry.name)
-                if match:
-                    highest = max(highest, int(match.group(1)))
-        return highest
+        return max((seq for seq, _ in _numbered_files(self.directory, self.prefix)), default=-1)
 
     def peek(self) -> int:
         """The number ``next()`` would return."""
@@ -415,6 +417,16 @@ class _FramePool:
     def give(self, frame: np.ndarray) -> None:
         with self._lock:
             self._free.setdefault(frame.shape, []).append(frame)
+
+    @contextlib.contextmanager
+    def zeroed(self, shape: tuple[int, int]) -> Iterator[np.ndarray]:
+        """A zeroed frame for one file, back in the pool afterwards."""
+        frame = self.take(shape)
+        try:
+            frame[...] = 0
+            yield frame
+        finally:
+            self.give(frame)
 
 
 _FRAMES = _FramePool()
@@ -612,9 +624,7 @@ def _write_contents(
         return [dset.id.get_chunk_info_by_coord((i, 0, 0)).byte_offset for i in range(n)]
     if fill_frame is None:
         return None  # unwritten chunks read as the fill value 0 and take no space
-    frame = _FRAMES.take(slab_shape)
-    try:
-        frame[...] = 0
+    with _FRAMES.zeroed(slab_shape) as frame:
         if filters:
             for i in range(n):
                 fill_frame(i, frame)
@@ -626,8 +636,6 @@ def _write_contents(
             for i in range(n):
                 fill_frame(i, frame)
                 write_chunk((i, 0, 0), frame)
-    finally:
-        _FRAMES.give(frame)
     return None
 
 
@@ -642,10 +650,8 @@ def _write_frames(
     A filesystem that refuses O_DIRECT (EINVAL, at open or at the first write) gets buffered
     writes of the same bytes, and its page-cache copy is dropped after the fsync.
     """
-    frame = _FRAMES.take(slab_shape)
     direct = True
-    try:
-        frame[...] = 0
+    with _FRAMES.zeroed(slab_shape) as frame:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
         except OSError as exc:
@@ -670,5 +676,3 @@ def _write_frames(
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
-    finally:
-        _FRAMES.give(frame)

@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from cxi_async.config import SAFE_NAME
+
 __all__ = [
     "HC_EV_ANGSTROM",
     "DecodedBatch",
@@ -340,7 +342,7 @@ def _metadata(item: Any, b: int, bid: str) -> tuple[np.ndarray, bool, np.ndarray
     return ev, has_ev, stamps, has_ts
 
 
-_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_RUN_NAME = re.compile(SAFE_NAME)  # the names output.run accepts
 
 
 def run_label(value: Any) -> str:
@@ -368,18 +370,7 @@ def _runs(item: Any, key: str, b: int, bid: str) -> tuple[str, ...] | None:
     value = md.get(key) if isinstance(md, Mapping) else None
     if value is None:
         return None
-    try:
-        arr = _as_array(value)
-    except (ValueError, TypeError):
-        arr = np.empty(0)  # ragged: reported below
-    if arr.ndim == 0:
-        values = [arr.item()] * b
-    elif arr.ndim == 1 and arr.shape[0] == b:
-        values = arr.tolist()
-    else:
-        raise MalformedItem(
-            bid, f"metadata[{key!r}] has shape {arr.shape}, expected a scalar or ({b},)"
-        )
+    values = _per_event(value, b, key, bid).tolist()
     try:
         return tuple(run_label(v) for v in values)
     except ValueError as exc:

@@ -513,10 +513,15 @@ def _padding_decoys(
     return pix[keep]
 
 
+def _event_numbers(spec: SyntheticSpec, index: int) -> np.ndarray:
+    """The stream position of each event of batch ``index``."""
+    return np.arange(index * spec.batch_size, (index + 1) * spec.batch_size, dtype=np.int64)
+
+
 def _timestamps(spec: SyntheticSpec, index: int, rng: np.random.Generator) -> np.ndarray:
     """psana uint64 (seconds << 32 | nanoseconds) at 120 Hz, < 1 ms jitter: strictly increasing."""
-    event = np.arange(index * spec.batch_size, (index + 1) * spec.batch_size, dtype=np.int64)
-    ns = event * _EVENT_PERIOD_NS + rng.integers(0, 1_000_000, spec.batch_size)
+    jitter = rng.integers(0, 1_000_000, spec.batch_size)
+    ns = _event_numbers(spec, index) * _EVENT_PERIOD_NS + jitter
     seconds = _T0_SECONDS + spec.seed % 1_000_000 + ns // 1_000_000_000
     return (seconds.astype(np.uint64) << np.uint64(32)) | (ns % 1_000_000_000).astype(np.uint64)
 
@@ -525,8 +530,7 @@ def _runs(spec: SyntheticSpec, index: int) -> np.ndarray | None:
     """Run numbers 1, 2, ... of ``events_per_run`` consecutive events each (None: no runs)."""
     if not spec.events_per_run:
         return None
-    event = np.arange(index * spec.batch_size, (index + 1) * spec.batch_size, dtype=np.int64)
-    return 1 + event // spec.events_per_run
+    return 1 + _event_numbers(spec, index) // spec.events_per_run
 
 
 def make_batch(spec: SyntheticSpec, index: int) -> SyntheticBatch:

@@ -62,12 +62,11 @@ class Writer:
         self.inbox: asyncio.Queue[BatchResult] = asyncio.Queue(
             maxsize=config.processing.writer_inbox
         )
-        self.sequence = cxi.SequenceCounter(self.output_dir, out.file_prefix)
-        self._remove_leftovers(self.output_dir)
-        self.run_sequences: dict[str, cxi.SequenceCounter] = {}  # runs named by metadata
-        if out.run_from_metadata is not None:
+        self.sequences: dict[Path, cxi.SequenceCounter] = {}  # per directory written into
+        self._open_directory(self.output_dir)
+        if out.run_from_metadata is not None:  # runs of earlier sessions, which may not return
             for directory in sorted(p for p in self.output_dir.iterdir() if p.is_dir()):
-                self._remove_leftovers(directory)
+                self._open_directory(directory)
         self.warned_no_run = False
         self.flush_requested = False
         self.wake = asyncio.Event()
@@ -88,13 +87,15 @@ class Writer:
             "batch_id_source": "peaknet-pipeline-ray Q2",
         }
 
-    def _remove_leftovers(self, directory: Path) -> None:
-        """A crashed writer's `.inprogress` files are incomplete: remove them, say so.
+    def _open_directory(self, directory: Path) -> cxi.SequenceCounter:
+        """Count a directory's sequence numbers, then remove a crashed writer's leftovers.
 
-        Writer k owns the sequence numbers congruent to k, so it only touches those; the
-        counter above has already seen them, so their numbers are never reused.
+        A crashed writer's `.inprogress` files are incomplete: remove them, say so. Writer k
+        owns the sequence numbers congruent to k, so it only touches those; the counter has
+        already seen them, so their numbers are never reused.
         """
         prefix = self.config.output.file_prefix
+        sequence = self.sequences[directory] = cxi.SequenceCounter(directory, prefix)
         for seq, path in cxi.leftover_inprogress(directory, prefix):
             if seq % self.num_writers != self.index:
                 continue
@@ -103,6 +104,7 @@ class Writer:
                 log.warning("removed %s, left incomplete by an earlier writer", path)
             except OSError as exc:
                 log.warning("could not remove the incomplete %s: %s", path, exc)
+        return sequence
 
     # ------------------------------------------------------------------ API
 
@@ -335,16 +337,14 @@ class Writer:
                     self.output_dir,
                     self.run_label,
                 )
-            return self.output_dir, self.run_label, self.sequence
-        sequence = self.run_sequences.get(run)
+            return self.output_dir, self.run_label, self.sequences[self.output_dir]
+        directory = self.output_dir / run
+        sequence = self.sequences.get(directory)
         if sequence is None:
-            directory = self.output_dir / run
             directory.mkdir(exist_ok=True)
-            sequence = cxi.SequenceCounter(directory, self.config.output.file_prefix)
-            self._remove_leftovers(directory)
-            self.run_sequences[run] = sequence
+            sequence = self._open_directory(directory)
             log.info("run %s: writing to %s", run, directory)
-        return self.output_dir / run, run, sequence
+        return directory, run, sequence
 
     def _next_sequence(self, sequence: cxi.SequenceCounter) -> int:
         """Numbers of writer k are congruent to k modulo the number of writers."""
