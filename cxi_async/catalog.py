@@ -439,6 +439,7 @@ class Catalog:
             "events_filtered": filtered,
             "events_rejected": int(stats.get("events_rejected", 0)),
             "events_duplicate": int(stats.get("events_duplicate", 0)),
+            "events_without_image": int(stats.get("events_without_image", 0)),
             "hit_rate": hit_rate(kept, filtered),
             "files": int(stats.get("files", 0)),
             "files_listed": listed,

@@ -14,6 +14,7 @@ The layout is the one in ``cxi-format.md``; CrystFEL reads it with
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import gc
 import mmap
@@ -131,6 +132,7 @@ class EventRecord(NamedTuple):
     timestamp: int = 0
     batch_id: str = ""
     event_index: int = 0
+    datasets: tuple[tuple[str, float], ...] = ()  # extra per-event datasets: (path, value)
 
 
 # (field, dtype, CXI dataset name) for the (N, M) peak arrays, in file order.
@@ -179,6 +181,9 @@ class CxiEvents:
     timestamp: np.ndarray  # (N,) uint64, 0 where unknown
     batch_id: list[str]  # (N,)
     event_index: np.ndarray  # (N,) int32
+    datasets: dict[str, np.ndarray] = dataclasses.field(
+        default_factory=dict
+    )  # path -> (N,) float64
 
     def __post_init__(self) -> None:
         self.n_peaks = _column("n_peaks", self.n_peaks, np.int32, 1)
@@ -201,6 +206,13 @@ class CxiEvents:
                 raise ValueError(
                     f"CxiEvents.{field} has {len(getattr(self, field))} entries, expected {n}"
                 )
+        self.datasets = {
+            path: _column(f"datasets[{path!r}]", values, np.float64, 1)
+            for path, values in self.datasets.items()
+        }
+        for path, values in self.datasets.items():
+            if len(values) != n:
+                raise ValueError(f"CxiEvents.datasets[{path!r}] has {len(values)} entries, not {n}")
         if n and (self.n_peaks.min() < 0 or self.n_peaks.max() > m):
             raise ValueError(f"CxiEvents.n_peaks must lie in [0, max_num_peak={m}]")
 
@@ -256,8 +268,16 @@ class CxiEvents:
             timestamp=_timestamps([e.timestamp for e in per_event]),
             batch_id=[str(e.batch_id) for e in per_event],
             event_index=np.array([e.event_index for e in per_event], dtype=np.int32),
+            datasets=_per_event_datasets(per_event),
             **columns,
         )
+
+
+def _per_event_datasets(per_event: Sequence[Any]) -> dict[str, np.ndarray]:
+    """The events' extra datasets as columns; NaN for an event that lacks one."""
+    rows = [dict(getattr(e, "datasets", ())) for e in per_event]
+    paths = list(dict.fromkeys(path for row in rows for path in row))
+    return {p: np.array([row.get(p, np.nan) for row in rows], np.float64) for p in paths}
 
 
 def _timestamps(value: Any) -> np.ndarray:
@@ -605,6 +625,8 @@ def _write_contents(
     result.create_dataset("eventIndex", data=events.event_index)
     f.create_dataset(PHOTON_ENERGY_PATH, data=events.photon_energy_ev)
     f.create_dataset(TIMESTAMP_PATH, data=events.timestamp)
+    for path, values in events.datasets.items():  # [metadata.datasets], e.g. EncoderValue
+        f.create_dataset(path, data=values)
 
     early = {}
     if preallocate:  # every chunk allocated now, at a known offset, and never filled

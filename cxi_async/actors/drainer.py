@@ -111,6 +111,7 @@ class Drainer:
         self.dead_shards: dict[int, float] = {}
         self.q2_depth = 0
         self.last_progress = time.monotonic()
+        self.said: set[str] = set()  # kinds of notice already logged this run
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -455,6 +456,7 @@ class Drainer:
     async def _finder_done(self, state: InFlight, result: BatchResult) -> None:
         delivery_id = result.delivery_id
         state.delivery = None  # drop the item ref: the logits can leave the object store
+        self._say(result.notices)
         if result.rejected in (EMPTY, SHARD_GONE):  # nothing was taken after all
             if self.inflight.pop(delivery_id, None) is not None:
                 self.books.batches_taken -= 1
@@ -488,6 +490,13 @@ class Drainer:
             if not is_actor_death(exc):
                 raise
             state.result.handed_to_writer = False  # the health loop re-sends after replacing
+
+    def _say(self, notices: list[tuple[str, str, str]]) -> None:
+        """Log each kind of metadata notice once per run (the finders send every one)."""
+        for kind, level, text in notices:
+            if kind not in self.said:
+                self.said.add(kind)
+                log.log(logging.INFO if level == "info" else logging.WARNING, "%s", text)
 
     def _reject(self, delivery_id: int, batch_id: str, num_events: int, reason: str) -> None:
         if delivery_id not in self.inflight:
@@ -641,6 +650,7 @@ class Drainer:
             "dead_shards": sorted(self.dead_shards),
             "files": sum(w.get("files", 0) for w in writers),
             "bytes_written": sum(w.get("bytes_written", 0) for w in writers),
+            "events_without_image": sum(w.get("events_without_image", 0) for w in writers),
             "events_per_s": (b.events_written + b.events_filtered) / elapsed if elapsed else 0.0,
             "latency_p50_s": _quantile(lat, 0.5),
             "latency_p99_s": _quantile(lat, 0.99),

@@ -68,6 +68,8 @@ class Writer:
             for directory in sorted(p for p in self.output_dir.iterdir() if p.is_dir()):
                 self._open_directory(directory)
         self.warned_no_run = False
+        self.images_lost_warned = False
+        self.events_without_image = 0
         self.flush_requested = False
         self.wake = asyncio.Event()
         self.loop_task: asyncio.Task | None = None
@@ -85,6 +87,7 @@ class Writer:
             "geometry_file": (layout.geom_file or "") if layout else "",
             "geometry_sha256": (layout.geom_sha256 or "") if layout else "",
             "batch_id_source": "peaknet-pipeline-ray Q2",
+            **config.metadata.constants,  # beamline conditions of the run
         }
 
     def _open_directory(self, directory: Path) -> cxi.SequenceCounter:
@@ -109,9 +112,46 @@ class Writer:
     # ------------------------------------------------------------------ API
 
     async def submit(self, result: BatchResult) -> None:
-        """Queue a finder's result; waiting here is the backpressure on finders."""
+        """Queue a finder's result; waiting here is the backpressure on finders.
+
+        The image is read now, not when its file is written: the producer that owns it may
+        exit meanwhile (the end of an inference job), and a view held here stays readable.
+        """
         self._ensure_loop()
+        if result.image and not result.images_missing:
+            try:
+                result.image = [await result.image[0]]
+            except Exception as exc:
+                if not is_object_lost(exc) and not is_actor_death(exc):
+                    raise
+                if await self._image_lost(result, exc):
+                    return
         await self.inbox.put(result)
+
+    async def _image_lost(self, result: BatchResult, exc: BaseException) -> bool:
+        """Reject the delivery (True), or mark it to be written without images (False)."""
+        reason = f"the detector image is gone from the object store ({type(exc).__name__})"
+        if self.config.processing.on_missing_image == "reject":
+            log.error("batch %s: %s; its events are rejected", result.batch_id, reason)
+            ack = Ack(
+                result.delivery_id,
+                written=0,
+                filtered=result.filtered,
+                rejected=len(result.kept),
+                reason=reason,
+                num_events=result.num_events,
+            )
+            await self._send_acks([ack])
+            return True
+        log.log(
+            logging.DEBUG if self.images_lost_warned else logging.WARNING,
+            "batch %s: %s; writing its peaks without images (said once per writer)",
+            result.batch_id,
+            reason,
+        )
+        self.images_lost_warned = True
+        result.image, result.images_missing = [], True
+        return False
 
     async def flush(self) -> None:
         """Write everything held now (drain/stop), then return."""
@@ -133,6 +173,7 @@ class Writer:
             "bytes_written": self.bytes_written,
             "write_seconds": self.write_seconds,
             "duplicates": self.assembler.duplicates,
+            "events_without_image": self.events_without_image,
             "write_failures": self.failures,
             "failing": self.failing_since is not None,
             "node_id": ray.get_runtime_context().get_node_id(),  # placement (multi-node)
@@ -205,9 +246,7 @@ class Writer:
 
     async def _write_next(self, batch: FileBatch) -> None:
         """Write one file taken from the assembler; on failure keep its events and retry."""
-        images = await self._fetch_images(batch)
-        if not batch.events:
-            return
+        images = {e.delivery_id: e.image[0] for e in batch.events if e.image}
         events = cxi.CxiEvents.pack(
             [_record(e) for e in batch.events], self.config.peak_finding.max_num_peak
         )
@@ -241,7 +280,7 @@ class Writer:
         first = batch.events[0]
         layout = self.layouts.for_shape(first.num_panels, *first.panel_shape)
         self._write_slab_geom(path.parent, first.num_panels, first.panel_shape, layout)
-        missing = all(e.delivery_id not in images for e in batch.events)
+        no_image = sum(e.delivery_id not in images for e in batch.events)
 
         def fill_frame(i: int, out: np.ndarray) -> None:
             event = batch.events[i]
@@ -251,16 +290,24 @@ class Writer:
                 return
             c = event.num_panels
             b = event.event.event_index
-            layout.assemble(image[b * c : (b + 1) * c, 0], out)
+            top, left = event.pad_offset
+            layout.assemble(image[b * c : (b + 1) * c, 0, top:, left:], out)
 
         cxi.write_cxi_file(
             path,
             events,
             layout.slab_shape,
-            None if missing else fill_frame,
+            None if no_image == len(batch.events) else fill_frame,
             compression=self.config.output.compression,
             fsync=self.config.output.fsync,
-            attrs={**self.attrs, "run": label},
+            attrs={
+                **self.attrs,
+                "run": label,
+                "images_missing_events": np.int64(no_image),
+                "timestamps_missing": np.int64(
+                    sum(e.event.timestamp_missing for e in batch.events)
+                ),
+            },
             filtered_events=batch.filtered,
         )
 
@@ -274,39 +321,6 @@ class Writer:
         path = directory / f"{self.config.output.file_prefix}.geom"
         write_slab_geom(path, layout, self.config.geometry.geom_file)
         self.geom_written.add(key)
-
-    async def _fetch_images(self, batch: FileBatch) -> dict[int, Any]:
-        """Images of the file's deliveries, zero-copy; lost ones are rejected (or zeroed)."""
-        refs: dict[int, Any] = {}
-        for event in batch.events:
-            if event.image and not event.images_missing:
-                refs.setdefault(event.delivery_id, event.image[0])
-        images: dict[int, Any] = {}
-        lost: dict[int, str] = {}
-        for delivery_id, ref in refs.items():
-            try:
-                images[delivery_id] = await ref
-            except Exception as exc:
-                if not is_object_lost(exc) and not is_actor_death(exc):
-                    raise
-                lost[delivery_id] = (
-                    f"the detector image is gone from the object store ({type(exc).__name__})"
-                )
-        if lost and self.config.processing.on_missing_image == "reject":
-            batch.events = [e for e in batch.events if e.delivery_id not in lost]
-            acks = []
-            for delivery_id, reason in lost.items():
-                log.error("delivery %d: %s; its events are rejected", delivery_id, reason)
-                ack = self.assembler.drop_events(delivery_id, reason)
-                if ack is not None:
-                    acks.append(ack)
-            await self._send_acks(acks)
-        elif lost:
-            for delivery_id, reason in lost.items():
-                log.warning(
-                    "delivery %d: %s; writing its events without images", delivery_id, reason
-                )
-        return images
 
     def _remove_residue(self) -> None:
         """Remove what failed writes left behind, once their directory is reachable again."""
@@ -384,6 +398,7 @@ class Writer:
             self.failing_since = None
         size = path.stat().st_size
         self.files.append({"path": str(path), "events": len(batch.events), "bytes": size})
+        self.events_without_image += sum(not e.image for e in batch.events)
         self.events_written += len(batch.events)
         self.bytes_written += size
         self.write_seconds += seconds
@@ -409,4 +424,5 @@ def _record(event: Any) -> cxi.EventRecord:
         timestamp=e.timestamp,
         batch_id=event.batch_id,
         event_index=e.event_index,
+        datasets=e.datasets,
     )
