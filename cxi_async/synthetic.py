@@ -702,14 +702,15 @@ def _styled_metadata(
             value = np.array([f"{s}.{n}" for s, n in zip(seconds, ns, strict=True)])
         wave = nm if spec.wavelength_per_event else float(nm[0])
         return {**socket, "timestamp": value, "photon_wavelength": wave}, energies, stamps
-    # "streaming": one time.time() for the batch (a half second: exact in float64).
-    seconds = int(stamps[0] >> np.uint64(32))
-    stamps = np.full(stamps.shape, (seconds << 32) | 500_000_000, np.uint64)
+    # "streaming": one time.time() per batch, 1/256 s apart (exact in float64, as truth).
+    seconds = _T0_SECONDS + spec.seed % 1_000_000 + index // 256
+    fraction = index % 256
+    stamps = np.full(stamps.shape, (seconds << 32) | (fraction * 3_906_250), np.uint64)
     energies = HC_EV_ANGSTROM / wavelength
     metadata = {
         "producer_id": 0,
         "batch_index": index,
-        "timestamp": seconds + 0.5,
+        "timestamp": seconds + fraction / 256,
         "photon_energies": [float(e) for e in energies],
         "run_id": f"run_0_{index // 100}",
         "detector_settings": {"gain": "high", "exposure_time": 0.001, "binning": "1x1"},

@@ -96,7 +96,7 @@ async def test_leftover_inprogress_files_are_removed_at_start(make_config):
 
 
 @pytest.mark.parametrize(
-    "policy", ["reject", pytest.param("write_without_image", marks=pytest.mark.slow)]
+    "policy", ["write_without_image", pytest.param("reject", marks=pytest.mark.slow)]
 )
 async def test_images_whose_owner_died(make_config, policy):
     """The producer exits before cxi_async reads its images: reject, or write peaks only."""
@@ -125,9 +125,11 @@ async def test_images_whose_owner_died(make_config, policy):
         kept = {(t.batch_id, t.event_index) for b in truth.values() for t in b.truth if t.kept}
         assert set(events) == kept
         assert final["events_rejected"] == 0
+        assert final["events_without_image"] == len(kept)  # counted, and said once
         for path in pipeline.output_dir.glob("*.cxi"):
             with h5py.File(path) as f:
                 assert f.attrs["images_missing"]
+                assert f.attrs["images_missing_events"] == f.attrs["n_events"]
 
 
 async def test_write_failures_pause_draining_and_resume(make_config, tmp_path):
