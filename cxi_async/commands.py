@@ -48,7 +48,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         "health": (
             "Exit 0 when the running pipeline is healthy, 1 with one sentence when it is not: "
             "unreachable, a finder, writer or Q2 shard that does not answer, a writer that "
-            "cannot write, or stalled with every credit in use."
+            "cannot write, Q2 full, most recent batches rejected, or stalled with every "
+            "credit in use."
         ),
     }
     parser = argparse.ArgumentParser(
@@ -419,7 +420,8 @@ def assess_health(stats: dict, stall_s: float) -> tuple[bool, str]:
     """(healthy, one sentence) from one drainer stats dict.
 
     Unhealthy: a finder or writer that does not answer (`{"dead": True}`), a writer whose
-    writes keep failing, a Q2 shard that does not answer, or a stall: every credit in use
+    writes keep failing, a Q2 shard that does not answer, Q2 full (the producer drops
+    batches), more than half of the last 50 batches rejected, or a stall: every credit in use
     and no batch finished for `stall_s` (from the drainer's `seconds_since_last_ack`).
     """
     problems: list[str] = []
@@ -434,6 +436,7 @@ def assess_health(stats: dict, stall_s: float) -> tuple[bool, str]:
     shards = list(stats.get("dead_shards") or [])
     if shards:
         problems.append(f"{_count('Q2 shard', shards)} {_do(shards)} not answer")
+    problems += _loss_problems(stats)
 
     in_use, credits = stats.get("credits_in_use", 0), stats.get("credits", 0)
     since = stats.get("seconds_since_last_ack")
@@ -459,6 +462,13 @@ def assess_health(stats: dict, stall_s: float) -> tuple[bool, str]:
     if since is None and exhausted:
         text += " (stall not assessed: the drainer does not report seconds_since_last_ack)"
     return True, text + "."
+
+
+def _loss_problems(stats: dict) -> list[str]:
+    """Data being lost: Q2 full now, or most of the last 50 batches rejected."""
+    from cxi_async.alarms import q2_full_problem, rejection_problem
+
+    return [p for p in (q2_full_problem(stats), rejection_problem(stats)) if p]
 
 
 def _count(kind: str, indices: list[int]) -> str:

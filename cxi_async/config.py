@@ -89,6 +89,7 @@ class QueueConfig(_Section):
     maxsize_per_shard: Count = 100  # capacity of a shard that cxi_async creates itself
     poll_interval_s: Seconds = 0.05  # longest sleep between polls of an empty Q2
     wait_for_producer_s: NonNegSeconds = 0.0  # num_shards="auto": wait this long for shards
+    warn_no_data_s: Seconds = 60.0  # warn once when no batch arrived this long (from start or last)
 
 
 class ProcessingConfig(_Section):
@@ -163,6 +164,7 @@ class StopConfig(_Section):
 
     idle_timeout_s: Seconds | None = None  # Q2 empty and nothing in flight this long; None: never
     max_batches: Count | None = None  # stop after this many batches; None: no limit
+    wait_for_first_batch_s: Seconds | None = None  # stop if no batch came this long from start
 
 
 class ReplayConfig(_Section):
