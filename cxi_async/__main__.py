@@ -121,7 +121,18 @@ async def run(config: Config) -> int:
         progress.cancel()
         signals.restore()
     print(format_summary(final))
-    return EXIT_OK
+    return _exit_code(final)
+
+
+def _exit_code(final: dict) -> int:
+    """EXIT_FAILED when the run took batches but wrote or filtered none (e.g. all rejected)."""
+    from cxi_async.alarms import nothing_written
+
+    reason = nothing_written(final)
+    if reason is None:
+        return EXIT_OK
+    print(f"cxi_async: {reason}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 class _SignalState:

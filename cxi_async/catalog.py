@@ -449,6 +449,8 @@ class Catalog:
             "credits_in_use": stats.get("credits_in_use"),
             "credits": stats.get("credits"),
             "q2_depth": stats.get("q2_depth"),
+            "q2_full": bool(stats.get("q2_full", False)),  # the producer drops what it puts
+            "q2_full_seconds": float(stats.get("q2_full_seconds", 0.0)),
             "latency_p50_s": stats.get("latency_p50_s"),
             "latency_p99_s": stats.get("latency_p99_s"),
             "elapsed_s": elapsed,

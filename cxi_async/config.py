@@ -95,6 +95,7 @@ class QueueConfig(_Section):
     # padding) and where the padding is ("center": floor(dH/2) rows on top, as lclstreamer).
     unpadded_shape: Shape2 | None = None
     pad_style: Literal["bottom-right", "center"] = "bottom-right"
+    warn_no_data_s: Seconds = 60.0  # warn once when no batch arrived this long (from start or last)
 
 
 class ProcessingConfig(_Section):
@@ -179,6 +180,7 @@ class StopConfig(_Section):
 
     idle_timeout_s: Seconds | None = None  # Q2 empty and nothing in flight this long; None: never
     max_batches: Count | None = None  # stop after this many batches; None: no limit
+    wait_for_first_batch_s: Seconds | None = None  # stop if no batch came this long from start
 
 
 class ReplayConfig(_Section):

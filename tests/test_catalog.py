@@ -301,6 +301,8 @@ def test_status_json_fields(tmp_path: Path) -> None:
         "credits_in_use": 4,
         "credits": 16,
         "q2_depth": 7,
+        "q2_full": False,
+        "q2_full_seconds": 0.0,
         "latency_p50_s": 0.25,
         "latency_p99_s": 1.5,
         "elapsed_s": 10.0,
@@ -314,6 +316,8 @@ def test_status_json_fields(tmp_path: Path) -> None:
     assert again["events_per_s_recent"] == 10 / 4  # e.g. the final status: keep the last rate
     stopping = cat.write_status(_stats(stopping=True, stop_reason="asked to drain"))
     assert (stopping["state"], stopping["stop_reason"]) == ("stopping", "asked to drain")
+    full = cat.write_status(_stats(q2_full=True, q2_full_seconds=12.5))
+    assert (full["q2_full"], full["q2_full_seconds"]) == (True, 12.5)
 
 
 def test_status_without_events_has_null_hit_rate(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import msgspec
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 
-from cxi_async import cxi
+from cxi_async import alarms, cxi
 from cxi_async.actors.common import is_actor_death, setup_actor_logging
 from cxi_async.actors.q2_shard import (
     check_topology,
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 HEALTH_INTERVAL_S = 1.0
 MAX_ATTEMPTS = 3  # a batch that kills this many finders is rejected
 SIZE_TIMEOUT_S = 5.0
+Q2_FULL_TIMEOUT_S = 2.0  # a shard busy with a large put answers later: not known full
 SHARD_SETTLE_S = 1.0  # with num_shards = "auto": how long the shard count must stay the same
 
 
@@ -112,6 +113,10 @@ class Drainer:
         self.q2_depth = 0
         self.last_progress = time.monotonic()
         self.said: set[str] = set()  # kinds of notice already logged this run
+        self.q2_full = alarms.FullClock()  # loud when data is lost (see the section below)
+        self.no_data = alarms.NoDataClock(config.queue.warn_no_data_s, self.started_mono)
+        self.recent = alarms.RejectionWindow()
+        self.no_data_warning: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -396,6 +401,7 @@ class Drainer:
         its producer waits for it (use queue.wait_for_producer_s to bound that wait).
         """
         timeout = self.config.stop.idle_timeout_s
+        self._note_no_data()
         if self.stop_when_empty_reason is not None:  # nothing more will come: drain now
             self._begin_stop(self.stop_when_empty_reason)
             return
@@ -403,6 +409,7 @@ class Drainer:
             self.idle_since = None
             return
         if self.books.batches_taken == 0:
+            self._note_no_first_batch()
             return
         now = time.monotonic()
         if self.idle_since is None:
@@ -506,6 +513,7 @@ class Drainer:
         self.books.events_rejected += num_events
         self.books.rejections[_reason_kind(reason)] += 1
         self.books.last_rejections.append({"batch_id": batch_id, "reason": reason})
+        self.recent.add(True)
         self._finish(delivery_id)
 
     def _finish(self, delivery_id: int) -> None:
@@ -549,6 +557,7 @@ class Drainer:
                 self.books.events_rejected += a.rejected
                 self.books.rejections[_reason_kind(a.reason or "rejected by the writer")] += 1
                 self.books.last_rejections.append({"delivery": a.delivery_id, "reason": a.reason})
+            self.recent.add(bool(a.rejected) and a.rejected >= a.num_events)
             self._finish(a.delivery_id)
 
     # ------------------------------------------------------------------ health
@@ -563,6 +572,7 @@ class Drainer:
                 log.exception("health check failed; retrying in %.0f s", HEALTH_INTERVAL_S)
 
     async def _check_health(self) -> None:
+        await self._watch_q2_full()
         await self._publish()
         for i, writer in enumerate(list(self.writers)):
             if await _dead(writer):
@@ -601,6 +611,71 @@ class Drainer:
             r = state.result
             if r is not None and writer_index(r.delivery_id, len(self.writers)) == index:
                 self._spawn(self._resend(state))
+
+    # ------------------------------------------------------------------ loud when data is lost
+
+    async def _watch_q2_full(self) -> None:
+        """Each health tick: is every shard full (the producer drops batches)? Warn at most
+        once a minute and count the seconds. Asked here, not in the drain loop, because the
+        drain loop stops polling exactly when Q2 fills: while it waits for credits."""
+        n = len(self.shards)
+        if n == 0 or self.final is not None:
+            return
+        calls = [s.size.remote() for s in self.shards] + [s.is_full.remote() for s in self.shards]
+        replies = await asyncio.gather(
+            *(asyncio.wait_for(_await(c), Q2_FULL_TIMEOUT_S) for c in calls),
+            return_exceptions=True,
+        )
+        sizes = [r if isinstance(r, int) and not isinstance(r, bool) else None for r in replies[:n]]
+        flags = [r if isinstance(r, bool) else None for r in replies[n:]]
+        if None not in sizes:
+            self.q2_depth = sum(sizes)  # type: ignore[arg-type]
+        now = time.monotonic()
+        full = alarms.q2_is_full(sizes, flags, self.config.queue.maxsize_per_shard)
+        if self.q2_full.observe(full, now):
+            message = alarms.q2_full_message(
+                self.config.queue.name, self.q2_depth, n, self.q2_full.seconds(now)
+            )
+            log.warning("%s", message)
+
+    def _note_no_data(self) -> None:
+        """From an empty poll: warn once when no batch arrived for queue.warn_no_data_s."""
+        now = time.monotonic()
+        if self.no_data.observe(self.books.batches_taken, now):
+            self._spawn(self._warn_no_data(self.no_data.warn_after_s, self.books.batches_taken))
+
+    async def _warn_no_data(self, seconds: float, taken: int) -> None:
+        cfg = self.config
+        try:
+            named = await asyncio.to_thread(ray.util.list_named_actors, all_namespaces=True)
+        except Exception:  # only a hint: the warning goes out without the shards found
+            named = []
+        found = alarms.shards_by_queue(named, cfg.ray.namespace)
+        self.no_data_warning = alarms.no_data_message(
+            cfg.queue.name, cfg.ray.namespace, seconds, taken, found
+        )
+        log.warning("%s", self.no_data_warning)
+
+    def _note_no_first_batch(self) -> None:
+        """Finite jobs: Q2 is still empty stop.wait_for_first_batch_s after the start."""
+        wait = self.config.stop.wait_for_first_batch_s
+        if wait is not None and time.monotonic() - self.started_mono >= wait:
+            self._begin_stop(
+                f"no batch arrived from Q2 '{self.config.queue.name}' within "
+                f"stop.wait_for_first_batch_s = {wait:g} s of the start"
+            )
+
+    def _loss_stats(self) -> dict:
+        now = time.monotonic()
+        rejected, finished = self.recent.counts()
+        return {
+            "q2_full": self.q2_full.is_full,
+            "q2_full_seconds": self.q2_full.seconds(now),
+            "q2_full_warnings": self.q2_full.warnings,
+            "recent_batches": finished,
+            "recent_rejected": rejected,
+            "no_data_warning": self.no_data_warning,
+        }
 
     # ------------------------------------------------------------------ introspection
 
@@ -662,6 +737,7 @@ class Drainer:
             "started_at": self.started_at,
             "run_label": self.run_label,
             "output_dir": self.output_dir,
+            **self._loss_stats(),
         }
 
     async def _written_files(self) -> list[dict]:
