@@ -315,5 +315,7 @@ async def test_item_whose_class_cannot_be_unpickled(make_config, tmp_path):
     assert final["batches_rejected"] == 1
     (reason,) = [r["reason"] for r in final["last_rejections"]]
     assert "could not be read from Q2" in reason
+    assert "it needs the module 'only_on_producer_nodes'" in reason  # the first names the fix
+    assert "PYTHONPATH or Ray's runtime_env" in reason
     with contextlib.suppress(Exception):
         ray.kill(shard)
