@@ -36,6 +36,7 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
@@ -45,6 +46,7 @@ import numpy as np
 from cfelpyutils.geometry import load_crystfel_geometry
 
 __all__ = [
+    "GEOM_CONSTANT_KEYS",
     "SLAB_GEOM_KEYS",
     "GeometryError",
     "GeometryMismatch",
@@ -65,6 +67,13 @@ SLAB_GEOM_KEYS: dict[str, str] = {
     "peak_list_type": "cxi",
     "photon_energy": "/LCLS/photon_energy_eV",
 }
+
+#: Global CrystFEL keys that ``[metadata.constants]`` may set in the written geometry.
+GEOM_CONSTANT_KEYS = frozenset(
+    {"adu_per_photon", "adu_per_eV", "coffset", "clen", "res", "photon_energy_bandwidth", "max_adu"}
+)
+# Other ways to give the beam energy: the photon_energy dataset replaces them.
+_ENERGY_ALTERNATIVES = frozenset({"wavelength", "electron_voltage"})
 
 _ASIC_NAME = re.compile(r"^(?P<module>.*\d)a(?P<asic>\d+)$")
 _KEY_LINE = re.compile(r"^\s*(?P<key>[^\s=;]+)\s*=")
@@ -576,17 +585,25 @@ def write_slab_geom(
     path: str | os.PathLike,
     layout: SlabLayout,
     source_geom: str | os.PathLike | None = None,
+    constants: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the CrystFEL geometry that indexes the CXI files as they are; atomic; returns path.
 
     With ``source_geom`` (the file ``layout`` was loaded from) its text is kept and only the
     keys in ``SLAB_GEOM_KEYS`` are set: global ones replaced in place, missing ones added before
     the first panel line (cfelpyutils and CrystFEL apply a global key only to panels that come
-    after it), and per-panel overrides of them commented out. Without a source, each layout
-    panel is written with a *placeholder* lab geometry (see ``_placeholder_geom``).
+    after it), and per-panel overrides of them commented out. ``wavelength`` and
+    ``electron_voltage`` are commented out too: the photon energy dataset replaces them.
+    Without a source, each layout panel is written with a *placeholder* lab geometry (see
+    ``_placeholder_geom``). ``constants`` (``[metadata.constants]``) that are CrystFEL global
+    geometry keys (``GEOM_CONSTANT_KEYS``) are set the same way; the others are ignored here.
     """
+    keys = dict(SLAB_GEOM_KEYS)
+    keys.update(
+        (k, _geom_value(v)) for k, v in (constants or {}).items() if k in GEOM_CONSTANT_KEYS
+    )
     if source_geom is None:
-        text = _placeholder_geom(layout)
+        text = _set_slab_keys(_placeholder_geom(layout), keys)
     else:
         source, source_text = _load(source_geom)
         if not source.same_slab(layout):
@@ -600,10 +617,10 @@ def write_slab_geom(
         header = (
             f"; Slab geometry for the CXI files written by cxi_async, from {source_geom}\n"
             f"; (source sha256 {source.geom_sha256}).\n"
-            f"; cxi_async set {', '.join(SLAB_GEOM_KEYS)} for these files;\n"
+            f"; cxi_async set {', '.join(keys)} for these files;\n"
             f"; the rest is the source as it was.\n"
         )
-        text = header + _set_slab_keys(source_text)
+        text = header + _set_slab_keys(source_text, keys)
     # Refuse to write a file that would not read back as this layout.
     written = _layout_from_text(text)
     if not written.same_slab(layout):
@@ -611,8 +628,12 @@ def write_slab_geom(
     return _write_atomic(Path(path), text)
 
 
-def _set_slab_keys(text: str) -> str:
-    """Set SLAB_GEOM_KEYS in a geometry text; every value it replaces stays as a comment."""
+def _geom_value(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _set_slab_keys(text: str, keys: Mapping[str, str] = SLAB_GEOM_KEYS) -> str:
+    """Set ``keys`` in a geometry text; every value it replaces stays as a comment."""
     out: list[str] = []
     done: set[str] = set()
     in_panels = False
@@ -620,24 +641,27 @@ def _set_slab_keys(text: str) -> str:
         m = None if line.lstrip().startswith(";") else _KEY_LINE.match(line)
         key = m["key"] if m else ""
         if "/" in key and not in_panels:
-            missing = [f"{k} = {v}" for k, v in SLAB_GEOM_KEYS.items() if k not in done]
+            missing = [f"{k} = {v}" for k, v in keys.items() if k not in done]
             if missing:
                 out += ["; added by cxi_async for its CXI files:", *missing, ""]
-            done.update(SLAB_GEOM_KEYS)
+            done.update(keys)
             in_panels = True
         name = key.rsplit("/", 1)[-1]
-        if name not in SLAB_GEOM_KEYS and not _DIM_KEY.match(name):
+        if name in _ENERGY_ALTERNATIVES:
+            out.append(f"; cxi_async dropped (photon_energy is set): {line.strip()}")
+            continue
+        if name not in keys and not _DIM_KEY.match(name):
             out.append(line)
             continue
-        new = f"{key} = {SLAB_GEOM_KEYS.get(key)}"
-        if key in SLAB_GEOM_KEYS and key not in done:
+        new = f"{key} = {keys.get(key)}"
+        if key in keys and key not in done:
             if line.split(";")[0].split() != new.split():
                 out.append(f"; cxi_async replaced: {line.strip()}")
             out.append(new)
             done.add(key)
         else:
             out.append(f"; cxi_async dropped (the slab keys above apply): {line.strip()}")
-    out += [f"{k} = {v}" for k, v in SLAB_GEOM_KEYS.items() if k not in done]  # no panels
+    out += [f"{k} = {v}" for k, v in keys.items() if k not in done]  # no panels
     return "\n".join(out) + "\n"
 
 

@@ -685,7 +685,11 @@ def _styled_metadata(
     timestamp keeps only the bits a float64 holds, a batch's ``time.time()`` is one instant.
     """
     style = spec.metadata_style
-    socket = {"producer_id": 0, "batch_id": f"producer_0_batch_{index}"}
+    socket = {
+        "producer_id": 0,
+        "batch_id": f"producer_0_batch_{index}",
+        "detector_distance": 100.0 + index / 4,  # mm, PV MFX:DET:MMS:04.RBV (per batch)
+    }
     if style == "packed":
         energies = HC_EV_ANGSTROM / wavelength
         value = wavelength if spec.wavelength_per_event else float(wavelength[0])

@@ -397,6 +397,25 @@ def test_write_slab_geom_replaces_conflicting_keys(tmp_path):
     assert "clen = 0.1" in written and "p1/corner_x = 0" in written
 
 
+def test_constants_and_energy_alternatives_in_the_written_geom(tmp_path):
+    rects = {"p0": (0, 9, 0, 9)}
+    header = HEADER + "wavelength = 1.3 A\nelectron_voltage = 12 kV\ncoffset = 0.5\n"
+    source = write(tmp_path / "user.geom", geom_text(rects, header))
+    layout = load_layout(source)
+    constants = {"coffset": 0.01, "adu_per_photon": 3, "beamline": "MFX"}
+    out = write_slab_geom(tmp_path / "slab.geom", layout, source, constants)
+    live = [ln.split(";")[0].strip() for ln in out.read_text().splitlines()]
+    live = [ln for ln in live if ln]
+    assert "coffset = 0.01" in live and "adu_per_photon = 3" in live
+    assert not any(ln.startswith(("wavelength", "electron_voltage", "beamline")) for ln in live)
+    assert "coffset = 0.5" not in live
+    geometry = load_crystfel_geometry(str(out))
+    assert geometry.beam["photon_energy_from"] == "/LCLS/photon_energy_eV"
+    assert next(iter(geometry.detector["panels"].values()))["coffset"] == 0.01
+    placeholder = write_slab_geom(tmp_path / "p.geom", SlabLayout.stacked(C, H, W), None, constants)
+    assert "coffset = 0.01" in placeholder.read_text()
+
+
 def test_write_slab_geom_without_source(tmp_path):
     layout = SlabLayout.stacked(C, H, W)
     out = write_slab_geom(tmp_path / "slab.geom", layout)

@@ -80,7 +80,12 @@ def check_by_timestamp(
 @pytest.mark.parametrize("style", ["psana2", "psana1"])
 async def test_lclstreamer_forms_with_restarting_batch_ids(make_config, style):
     """Float64 or string timestamps, nanometre wavelengths, ids that restart: all written."""
-    config = make_config(f"replay.metadata_style={style}", "replay.restart_batch_ids_every=2")
+    config = make_config(
+        f"replay.metadata_style={style}",
+        "replay.restart_batch_ids_every=2",
+        'metadata.datasets={"/LCLS/detector_1/EncoderValue" = "detector_distance"}',
+        'metadata.constants={beamline = "MFX", coffset = 0.01}',
+    )
     pipeline = await Pipeline.start(config)
     final = await finish(pipeline)
     batches = truth_by_index(config)
@@ -88,6 +93,15 @@ async def test_lclstreamer_forms_with_restarting_batch_ids(make_config, style):
     kept = check_by_timestamp(written_events(pipeline.output_dir), batches)
     assert final["events_written"] == kept
     assert final["events_duplicate"] == final["events_rejected"] == 0
+    distance = {t.timestamp: b.metadata["detector_distance"] for b in batches for t in b.truth}
+    for path in pipeline.output_dir.glob("*.cxi"):
+        with h5py.File(path, "r") as f:
+            assert f.attrs["beamline"] == "MFX" and f.attrs["coffset"] == 0.01
+            stamps = f["/LCLS/detector_1/timestamp"][()]
+            encoder = f["/LCLS/detector_1/EncoderValue"][()]
+            assert encoder.dtype == np.float64
+            assert encoder.tolist() == [distance[int(t)] for t in stamps]
+    assert "coffset = 0.01" in (pipeline.output_dir / "peaknet.geom").read_text()
 
 
 async def test_streaming_form_without_images(make_config):

@@ -319,7 +319,9 @@ class Writer:
         if key in self.geom_written:
             return
         path = directory / f"{self.config.output.file_prefix}.geom"
-        write_slab_geom(path, layout, self.config.geometry.geom_file)
+        write_slab_geom(
+            path, layout, self.config.geometry.geom_file, self.config.metadata.constants
+        )
         self.geom_written.add(key)
 
     def _remove_residue(self) -> None:
