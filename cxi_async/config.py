@@ -152,6 +152,7 @@ class OutputConfig(_Section):
     run_from_metadata: NonEmpty | None = None  # metadata key naming each event's run
     events_per_file: Count = 16  # a file is closed when it holds this many events ...
     max_file_age_s: Seconds = 10.0  # ... or when its first event is this old
+    idle_flush_s: Seconds = 1.0  # ... or when Q2 has been empty and its batches parked this long
     compression: Literal["none", "bitshuffle-lz4", "zstd", "gzip"] = "none"  # of /data
     create_output_dir: bool = True  # create output_dir when missing (else it is an error)
     num_writers: Count = 1  # writer actors, each writing its own files

@@ -319,3 +319,27 @@ async def test_item_whose_class_cannot_be_unpickled(make_config, tmp_path):
     assert "PYTHONPATH or Ray's runtime_env" in reason
     with contextlib.suppress(Exception):
         ray.kill(shard)
+
+
+async def test_a_pause_in_the_stream_closes_the_open_file(make_config):
+    """Q2 runs dry with hits parked in the open file: they are written at once, not at age."""
+    config = make_config(
+        "replay.enabled=false",
+        "replay.num_batches=2",
+        "queue.maxsize_per_shard=8",
+        "output.events_per_file=100",
+        "output.max_file_age_s=600",
+        "output.idle_flush_s=0.5",
+        "stop.idle_timeout_s=600",
+    )
+    producer = new_replay_producer(config, num_shards=1)
+    await producer.run.remote()
+    pipeline = await Pipeline.start(config)
+    try:
+        stats = await wait_for(lambda s: s["files"] >= 1 and s["batches_in_flight"] == 0, pipeline)
+        assert not stats["stopping"]  # written because of the pause, not a stop
+        kept = sum(t.kept for b in truth_for(config).values() for t in b.truth)
+        assert stats["events_written"] == kept
+    finally:
+        ray.kill(producer)
+        await pipeline.drain_and_stop()

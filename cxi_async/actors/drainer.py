@@ -113,6 +113,8 @@ class Drainer:
         self.q2_depth = 0
         self.last_progress = time.monotonic()
         self.said: set[str] = set()  # kinds of notice already logged this run
+        self.paused_since: float | None = None  # Q2 empty, every batch parked in a writer
+        self.pause_flushed = False
         self.q2_full = alarms.FullClock()  # loud when data is lost (see the section below)
         self.no_data = alarms.NoDataClock(config.queue.warn_no_data_s, self.started_mono)
         self.recent = alarms.RejectionWindow()
@@ -353,7 +355,7 @@ class Drainer:
         self.next_id += 1
         self.inflight[delivery.delivery_id] = InFlight(delivery, shard, time.monotonic())
         self.books.batches_taken += 1
-        self.idle_since = None
+        self.idle_since = self.paused_since = None
         self._spawn(self._dispatch(delivery.delivery_id))
 
     async def _poll_sizes(self) -> list[int]:
@@ -394,6 +396,21 @@ class Drainer:
         except ValueError:
             pass
 
+    def _flush_when_paused(self) -> None:
+        """Q2 is empty and every batch in flight waits in a writer's open file: after
+        output.idle_flush_s the writers close those files, so the last hits before a pause
+        reach disk within seconds, not at max_file_age_s."""
+        if not self.inflight or any(s.result is None for s in self.inflight.values()):
+            self.paused_since = None
+            return
+        now = time.monotonic()
+        if self.paused_since is None:
+            self.paused_since, self.pause_flushed = now, False
+        elif not self.pause_flushed and now - self.paused_since >= self.config.output.idle_flush_s:
+            self.pause_flushed = True
+            for writer in self.writers:
+                writer.close_open_file.remote()
+
     def _note_idle(self) -> None:
         """Q2 is empty: stop when asked to stop once empty, or after the idle timeout.
 
@@ -402,6 +419,7 @@ class Drainer:
         """
         timeout = self.config.stop.idle_timeout_s
         self._note_no_data()
+        self._flush_when_paused()
         if self.stop_when_empty_reason is not None:  # nothing more will come: drain now
             self._begin_stop(self.stop_when_empty_reason)
             return

@@ -71,6 +71,7 @@ class Writer:
         self.images_lost_warned = False
         self.events_without_image = 0
         self.flush_requested = False
+        self.close_open = False  # set by close_open_file: the open file is due once
         self.wake = asyncio.Event()
         self.loop_task: asyncio.Task | None = None
         self.write_tasks: set[asyncio.Task] = set()
@@ -162,6 +163,12 @@ class Writer:
             await asyncio.sleep(0.02)
         self.flush_requested = False
 
+    async def close_open_file(self) -> None:
+        """The stream paused: write the open file now instead of at max_file_age_s."""
+        self._ensure_loop()
+        self.close_open = True
+        self.wake.set()
+
     async def stats(self) -> dict:
         return {
             "index": self.index,
@@ -216,7 +223,8 @@ class Writer:
                 acks = self.assembler.add(getter.result())
                 getter = None
                 await self._send_acks(acks)
-            while self._may_start_write() and self.assembler.due(flush=self.flush_requested):
+            flush = self.flush_requested or self.close_open
+            while self._may_start_write() and self.assembler.due(flush=flush):
                 # Take the file now, not in the task: a task that has not run yet would leave
                 # the events in the open file, and the next turn would start a second task
                 # that takes the same file's remainder (files of 6 events instead of 16).
@@ -226,6 +234,8 @@ class Writer:
                 task = asyncio.ensure_future(self._write_next(batch))
                 self.write_tasks.add(task)
                 task.add_done_callback(self._write_done)
+            if self.close_open and not self.assembler.open_events:
+                self.close_open = False  # the open file of the pause was taken
 
     def _timeout(self) -> float | None:
         if self.write_tasks and not self._may_start_write():
