@@ -165,14 +165,13 @@ class Drainer:
 
     def _adopt_unlisted_files(self) -> None:
         """List finished files an aborted run renamed but never listed (files.lst, events.lst)."""
-        listed = {entry.path for entry in self.catalog.entries}
         prefix = self.config.output.file_prefix
         patterns = [f"{prefix}_*.cxi"]
         if self.config.output.run_from_metadata is not None:
             patterns.append(f"*/{prefix}_*.cxi")  # <output_dir>/<run>/ of metadata runs
         found = {p for pattern in patterns for p in Path(self.output_dir).glob(pattern)}
         for path in sorted(found):
-            if str(path.resolve()) in listed:
+            if self.catalog.is_listed(path.resolve()):
                 continue
             try:
                 self.catalog.add_file(path, cxi.count_events(path))
