@@ -315,3 +315,25 @@ async def test_item_whose_class_cannot_be_unpickled(make_config, tmp_path):
     assert "could not be read from Q2" in reason
     with contextlib.suppress(Exception):
         ray.kill(shard)
+
+
+@pytest.mark.slow  # two pipelines: ~60 s on 2 shared cores
+async def test_two_pipelines_in_one_directory_never_overwrite(make_config):
+    """Two pipelines, one output directory, one run label (as two starts within the same
+    second of the time label): names collide, and every file of both survives."""
+    configs = [
+        make_config("output.run=same", f"replay.seed={seed}", "replay.num_batches=4")
+        for seed in (1, 2)
+    ]
+    pipelines = await asyncio.gather(*(Pipeline.start(c) for c in configs))
+    finals = [await finish(p) for p in pipelines]
+    out = pipelines[0].output_dir
+    assert out == pipelines[1].output_dir
+    events = read_cxi_files(out)  # asserts no event is in two files
+    kept = [check_against_truth(events, truth_for(c), panel_height=32)[0] for c in configs]
+    assert [f["events_written"] for f in finals] == kept
+    assert len(events) == sum(kept)
+    files = sorted(str(p) for p in out.glob("*.cxi"))
+    assert len(files) == sum(f["files"] for f in finals)
+    assert sorted((out / "files.lst").read_text().splitlines()) == files
+    assert len((out / "events.lst").read_text().splitlines()) == sum(kept)

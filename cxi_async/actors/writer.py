@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -217,10 +218,14 @@ class Writer:
         t0 = time.perf_counter()
         try:
             directory, label, sequence = self._location(batch.events[0].event.run)
-            path = directory / cxi.cxi_file_name(
-                self.config.output.file_prefix, label, self._next_sequence(sequence)
+
+            def next_name() -> Path:
+                seq = self._next_sequence(sequence)
+                return directory / cxi.cxi_file_name(self.config.output.file_prefix, label, seq)
+
+            path = await asyncio.to_thread(
+                self._write_file, next_name(), batch, events, images, label, next_name
             )
-            await asyncio.to_thread(self._write_file, path, batch, events, images, label)
         except Exception as exc:  # CxiWriteError, or a bug: either way the events stay
             self._write_failed(batch, exc)
             return
@@ -237,7 +242,9 @@ class Writer:
         events: cxi.CxiEvents,
         images: dict[int, Any],
         label: str,
-    ) -> None:
+        next_name: Callable[[], Path],
+    ) -> Path:
+        """Write the file; a name another writer took is skipped (the path written returned)."""
         first = batch.events[0]
         layout = self.layouts.for_shape(first.num_panels, *first.panel_shape)
         self._write_slab_geom(path.parent, first.num_panels, first.panel_shape, layout)
@@ -253,7 +260,7 @@ class Writer:
             b = event.event.event_index
             layout.assemble(image[b * c : (b + 1) * c, 0], out)
 
-        cxi.write_cxi_file(
+        return cxi.write_cxi_file(
             path,
             events,
             layout.slab_shape,
@@ -262,6 +269,7 @@ class Writer:
             fsync=self.config.output.fsync,
             attrs={**self.attrs, "run": label},
             filtered_events=batch.filtered,
+            next_name=next_name,
         )
 
     def _write_slab_geom(
