@@ -2,7 +2,7 @@
 
 Other commands (`check`, `status`, `health`) live in `cxi_async.commands`; this module parses
 arguments, sets up logging, runs the pipeline with a live progress line, stops it gracefully
-on Ctrl+C / SIGTERM (a second one aborts), and prints a summary table.
+on Ctrl+C / SIGTERM / SIGHUP (a second one aborts), and prints a summary table.
 """
 
 from __future__ import annotations
@@ -124,15 +124,22 @@ async def run(config: Config) -> int:
     return EXIT_OK
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class _SignalState:
-    """SIGINT/SIGTERM: the first asks for a graceful stop, the second aborts."""
+    """SIGINT/SIGTERM/SIGHUP: the first asks for a graceful stop, the second aborts.
+
+    SIGHUP is what a closed terminal or SSH session sends: it stops like SIGTERM rather than
+    killing the driver with batches in flight.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.first = asyncio.Event()
         self.second = asyncio.Event()
         self.name = ""
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self._received, sig)
 
     def _received(self, sig: signal.Signals) -> None:
@@ -142,7 +149,7 @@ class _SignalState:
         self.first.set()
 
     def restore(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             self.loop.remove_signal_handler(sig)
 
 

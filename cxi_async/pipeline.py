@@ -14,9 +14,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +83,29 @@ def connect_ray(config: Config) -> None:
     else:
         kwargs["address"] = rc.address
     try:
-        ray.init(**kwargs)
+        with _local_ray_ignores_hangup(rc.address is None):
+            ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = rc.address or "a local Ray"
         raise PipelineError(f"could not connect to Ray at {where} (ray.address): {exc}") from exc
+
+
+@contextlib.contextmanager
+def _local_ray_ignores_hangup(local: bool) -> Iterator[None]:
+    """Start a local Ray with SIGHUP ignored, so its processes inherit that.
+
+    A closed terminal sends SIGHUP to the whole process group: the driver then drains and
+    stops (``__main__``), but Ray's GCS and raylet, started here in the same group, would die
+    at once and take the in-flight batches with them.
+    """
+    if not local or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 class Pipeline:
