@@ -190,6 +190,8 @@ class DebugConfig(_Section):
 
     write_delay_s: NonNegSeconds = 0.0  # extra seconds before each CXI file is written
     find_delay_s: NonNegSeconds = 0.0  # extra seconds in each finder batch
+    init_delay_s: NonNegSeconds = 0.0  # extra seconds in each finder's and writer's __init__
+    fail_init: Literal["", "finder", "writer"] = ""  # every such actor raises in __init__
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

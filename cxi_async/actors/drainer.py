@@ -22,7 +22,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 
 from cxi_async import cxi
-from cxi_async.actors.common import is_actor_death, setup_actor_logging
+from cxi_async.actors.common import is_actor_death, setup_actor_logging, start_failure
 from cxi_async.actors.q2_shard import (
     check_topology,
     connect_shards,
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 HEALTH_INTERVAL_S = 1.0
 MAX_ATTEMPTS = 3  # a batch that kills this many finders is rejected
+START_ATTEMPTS = 3  # an actor slot whose actor dies this many times while starting fails the start
 SIZE_TIMEOUT_S = 5.0
 SHARD_SETTLE_S = 1.0  # with num_shards = "auto": how long the shard count must stay the same
 
@@ -145,7 +146,7 @@ class Drainer:
         self.finder_group = await _reserve_finder_group(cfg)
         self.writers = [self._new_writer(i) for i in range(cfg.output.num_writers)]
         self.finders = [self._new_finder(i) for i in range(cfg.processing.num_finders)]
-        await _placed(self.writers + self.finders, cfg)
+        await self._started()
         for i in range(len(self.finders)):
             for _ in range(cfg.processing.finder_inbox + 1):
                 self.finder_slots.put_nowait(i)
@@ -162,6 +163,34 @@ class Drainer:
             self.output_dir,
         )
         return {"num_shards": num_shards, "output_dir": self.output_dir}
+
+    async def _started(self) -> None:
+        """Wait until every new finder and writer answers; one that dies while starting (in
+        ``__init__``) is replaced, up to START_ATTEMPTS times, like one that dies later."""
+        tries: collections.Counter[tuple[str, int]] = collections.Counter()
+        while True:
+            slots = [("writer", i, a) for i, a in enumerate(self.writers)]
+            slots += [("finder", i, a) for i, a in enumerate(self.finders)]
+            replies = await _placed([a for _, _, a in slots])
+            dead = [(r, i, e) for (r, i, _), e in zip(slots, replies, strict=True) if e is not None]
+            if not dead:
+                break
+            for role, index, exc in dead:
+                if not is_actor_death(exc):
+                    raise exc
+                tries[role, index] += 1
+                if tries[role, index] >= START_ATTEMPTS:
+                    raise RuntimeError(start_failure(role, index, tries[role, index], str(exc)))
+                log.warning(
+                    "%s; starting another", start_failure(role, index, 1, str(exc)).rstrip(".")
+                )
+                self.replacements[role] += 1
+                if role == "writer":
+                    self.writers[index] = self._new_writer(index)
+                else:
+                    self.finders[index] = self._new_finder(index)
+        if any(role == "writer" for role, _ in tries):  # finders were made with the old ones
+            await asyncio.gather(*(f.set_writers.remote(self.writers) for f in self.finders))
 
     def _adopt_unlisted_files(self) -> None:
         """List finished files an aborted run renamed but never listed (files.lst, events.lst)."""
@@ -698,10 +727,15 @@ async def _reserve_finder_group(cfg: Config, timeout: float = 120.0) -> Any:
     return group
 
 
-async def _placed(actors: list[Any], cfg: Config, timeout: float = 120.0) -> None:
-    """Wait until every new actor answers; a clear sentence if Ray cannot place them."""
+async def _placed(actors: list[Any], timeout: float = 120.0) -> list[BaseException | None]:
+    """Wait until every new actor answers or fails (its error, else None); a clear sentence
+    if Ray cannot place them."""
     try:
-        await asyncio.wait_for(asyncio.gather(*(_await(a.ping.remote()) for a in actors)), timeout)
+        replies = await asyncio.wait_for(
+            asyncio.gather(*(_await(a.ping.remote()) for a in actors), return_exceptions=True),
+            timeout,
+        )
+        return [r if isinstance(r, BaseException) else None for r in replies]
     except asyncio.TimeoutError:
         raise RuntimeError(
             f"Ray did not start the finders and writers within {timeout:g} s: the cluster has "

@@ -18,7 +18,7 @@ import numpy as np
 import ray
 
 from cxi_async import cxi
-from cxi_async.actors.common import is_actor_death, is_object_lost, setup_actor_logging
+from cxi_async.actors.common import debug_init, is_actor_death, is_object_lost, setup_actor_logging
 from cxi_async.assembly import FileAssembler, FileBatch
 from cxi_async.config import Config
 from cxi_async.finding import Layouts
@@ -45,6 +45,7 @@ class Writer:
         run_label: str,
     ) -> None:
         setup_actor_logging(config)
+        debug_init(config, "writer")
         out = config.output
         self.config = config
         self.index = index
