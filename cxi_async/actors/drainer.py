@@ -1,6 +1,8 @@
 """Drainer actor: takes batches from Q2 while it holds credits, and keeps the books.
 
-It is the pipeline's coordinator: it creates the finders and writers, forwards each batch's
+It is the pipeline's coordinator, a detached actor: it outlives the driver that started it,
+stops by its own rules (idle timeout, max batches, replay drained) and writes its report
+without one. It creates the finders and writers (and the replay producer), forwards each batch's
 ObjectRef (never the batch) to a finder, remembers every batch until a writer acks it,
 re-dispatches what a dead actor held, and answers stats. Credits are the only throttle: a
 batch holds one from the moment it leaves Q2 until all its kept events are in a renamed file.
@@ -42,6 +44,7 @@ HEALTH_INTERVAL_S = 1.0
 MAX_ATTEMPTS = 3  # a batch that kills this many finders is rejected
 START_ATTEMPTS = 3  # an actor slot whose actor dies this many times while starting fails the start
 SIZE_TIMEOUT_S = 5.0
+LINGER_S = 30.0  # a stopped coordinator exits this long after its stop
 SHARD_SETTLE_S = 1.0  # with num_shards = "auto": how long the shard count must stay the same
 
 
@@ -112,6 +115,8 @@ class Drainer:
         self.dead_shards: dict[int, float] = {}
         self.q2_depth = 0
         self.last_progress = time.monotonic()
+        self.producer: Any = None  # the replay producer, owned here: it outlives the driver
+        self.replay_report: Any = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -191,6 +196,36 @@ class Drainer:
                     self.finders[index] = self._new_finder(index)
         if any(role == "writer" for role, _ in tries):  # finders were made with the old ones
             await asyncio.gather(*(f.set_writers.remote(self.writers) for f in self.finders))
+
+    async def start_replay(self, num_shards: int) -> None:
+        """Start the replay producer here, not in the driver: it and the watch that stops the
+        run once Q2 is drained then live as long as this (detached) coordinator."""
+        from cxi_async.replay import new_replay_producer
+
+        self.producer = new_replay_producer(self.config, num_shards)
+        self._spawn(self._stop_after_replay(self.producer.run.remote()), track=False)
+
+    async def _stop_after_replay(self, run: Any) -> None:
+        try:
+            self.replay_report = await run
+        except Exception as exc:
+            log.error("the replay producer failed: %s", _last_line(exc))
+        await self.stop_when_empty("replay finished and Q2 drained")
+
+    async def replay_result(self) -> Any:
+        """What the replay producer's run() returned (None before it finished)."""
+        return self.replay_report
+
+    async def finished_stats(self) -> dict | None:
+        """The final stats once stopped, else None (a second driver attaches or replaces)."""
+        return self.final
+
+    async def _exit_later(self) -> None:
+        """A detached coordinator that stopped frees its name once followers had time to read
+        the final stats (the driver that started it kills it at once if it is still there)."""
+        await asyncio.sleep(LINGER_S)
+        log.info("exiting %.0f s after the stop", LINGER_S)
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     def _adopt_unlisted_files(self) -> None:
         """List finished files an aborted run renamed but never listed (files.lst, events.lst)."""
@@ -320,12 +355,13 @@ class Drainer:
             except CatalogError as exc:
                 log.warning("could not write the run report: %s", exc)
         self.final = stats
-        for actor in [*self.finders, *self.writers]:
+        for actor in [*self.finders, *self.writers, *([self.producer] if self.producer else [])]:
             ray.kill(actor)
         if self.finder_group is not None:
             remove_placement_group(self.finder_group)
         self.finished.set()
         log.info("stopped (%s)", self.stop_reason)
+        self._spawn(self._exit_later(), track=False)
         return stats
 
     async def wait_finished(self) -> dict:
