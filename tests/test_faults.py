@@ -375,3 +375,20 @@ async def test_a_start_that_cannot_succeed_says_which_actor_where_and_why(make_c
     )
     with pytest.raises(ValueError):  # nothing is left running
         ray.get_actor(drainer_name(config), config.ray.namespace)
+
+
+@pytest.mark.slow
+async def test_a_writer_killed_between_accepting_a_result_and_replying(make_config):
+    """The result is in the dead writer's inbox but its sender never heard back: the drainer
+    re-sends it to the replacement, and every event is in exactly one file."""
+    config = make_config("debug.reply_delay_s=1.0", "replay.num_batches=8")
+    pipeline = await Pipeline.start(config)
+    await wait_for(lambda s: s["writers"][0].get("replying", 0) >= 1, pipeline)
+    actors = await pipeline.drainer.actors.remote()
+    ray.kill(actors["writers"][0])
+    final = await finish(pipeline)
+    assert final["replacements"].get("writer", 0) >= 1
+    events = read_cxi_files(pipeline.output_dir)  # asserts no event is in two files
+    kept, filtered = check_against_truth(events, truth_for(config), panel_height=32)
+    assert (final["events_written"], final["events_filtered"]) == (kept, filtered)
+    assert len(events) == kept

@@ -46,6 +46,7 @@ class Writer:
     ) -> None:
         setup_actor_logging(config)
         debug_init(config, "writer")
+        self.replying = 0
         out = config.output
         self.config = config
         self.index = index
@@ -114,6 +115,10 @@ class Writer:
         """Queue a finder's result; waiting here is the backpressure on finders."""
         self._ensure_loop()
         await self.inbox.put(result)
+        if self.config.debug.reply_delay_s:  # drill: die between accepting and replying
+            self.replying += 1
+            await asyncio.sleep(self.config.debug.reply_delay_s)
+            self.replying -= 1
 
     async def flush(self) -> None:
         """Write everything held now (drain/stop), then return."""
@@ -136,6 +141,7 @@ class Writer:
             "write_seconds": self.write_seconds,
             "duplicates": self.assembler.duplicates,
             "write_failures": self.failures,
+            "replying": self.replying,  # accepted results whose reply is held (drill)
             "failing": self.failing_since is not None,
             "node_id": ray.get_runtime_context().get_node_id(),  # placement (multi-node)
         }
