@@ -142,6 +142,7 @@ class Writer:
             "duplicates": self.assembler.duplicates,
             "write_failures": self.failures,
             "replying": self.replying,  # accepted results whose reply is held (drill)
+            "dedup_batches": len(self.assembler.seen),  # batch ids remembered (bounded)
             "failing": self.failing_since is not None,
             "node_id": ray.get_runtime_context().get_node_id(),  # placement (multi-node)
         }
