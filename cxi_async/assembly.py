@@ -51,8 +51,6 @@ class _DeliveryState:
     num_events: int = 0
     batch_id: str = ""
     pending: set[int] = field(default_factory=set)  # event indices not yet in a written file
-    rejected: int = 0  # events dropped while others of the delivery were in a file in writing
-    reason: str | None = None
 
 
 @dataclass
@@ -73,7 +71,6 @@ class FileAssembler:
     seen: OrderedDict[str, set[int]] = field(default_factory=OrderedDict)
     duplicates: int = 0
     files_taken: int = 0
-    writing: list[FileBatch] = field(default_factory=list)  # taken, not yet written or failed
 
     def add(self, result: BatchResult) -> list[Ack]:
         """Take a finder's result; returns the acks that are due at once."""
@@ -147,22 +144,12 @@ class FileAssembler:
         """The next file to write: a failed one first, then one closed early, else the open one
         (up to events_per_file events)."""
         if self.retry:
-            batch = self.retry.pop(0)
-        elif self.closed:
-            batch = self.closed.pop(0)
-        elif self.open_events:
-            batch = self._take_open()
-        else:
+            return self.retry.pop(0)
+        if self.closed:
+            return self.closed.pop(0)
+        if not self.open_events:
             return None
-        self.writing.append(batch)
-        return batch
-
-    def _done_writing(self, batch: FileBatch) -> None:
-        self.writing = [b for b in self.writing if b is not batch]
-
-    def file_dropped(self, batch: FileBatch) -> None:
-        """A taken file that will not be written: every event of it was dropped."""
-        self._done_writing(batch)
+        return self._take_open()
 
     def _close_open(self) -> None:
         """The run changed: the open file's events become files of their own, due now."""
@@ -180,7 +167,6 @@ class FileAssembler:
 
     def file_written(self, batch: FileBatch) -> list[Ack]:
         """The file is renamed: count its events and ack the deliveries now complete."""
-        self._done_writing(batch)
         acks = []
         for event in batch.events:
             state = self.deliveries[event.delivery_id]
@@ -193,32 +179,17 @@ class FileAssembler:
 
     def file_failed(self, batch: FileBatch) -> None:
         """Writing failed: keep the events and try the same file again first."""
-        self._done_writing(batch)
         batch.attempts += 1
         bisect.insort(self.retry, batch, key=lambda b: b.order)
 
     def drop_events(self, delivery_id: int, reason: str) -> Ack | None:
-        """Take a delivery's events out of every pending file (e.g. its image is gone).
-
-        Its events in a file being written stay there (that file is already on its way): the
-        delivery is then acked when that file is written, its dropped events as rejected.
-        The caller removes the delivery's events from the file it is preparing first.
-        """
-        state = self.deliveries.get(delivery_id)
+        """Take a delivery's events out of every pending file (e.g. its image is gone)."""
+        state = self.deliveries.pop(delivery_id, None)
         if state is None:
             return None
-        in_writing = {
-            e.event.event_index
-            for b in self.writing
-            for e in b.events
-            if e.delivery_id == delivery_id
-        }
-        state.rejected += state.outstanding - len(in_writing)
-        state.reason = reason
-        state.outstanding = len(in_writing)
+        rejected = state.outstanding
         # never written: a later copy of the batch may still be written
-        self.seen.get(state.batch_id, set()).difference_update(state.pending - in_writing)
-        state.pending &= in_writing
+        self.seen.get(state.batch_id, set()).difference_update(state.pending)
         self.open_events = [e for e in self.open_events if e.delivery_id != delivery_id]
         if not self.open_events:
             self.open_since = None
@@ -226,9 +197,15 @@ class FileAssembler:
             batch.events = [e for e in batch.events if e.delivery_id != delivery_id]
         self.retry = [b for b in self.retry if b.events]
         self.closed = [b for b in self.closed if b.events]
-        if state.outstanding:
-            return None  # acked by file_written of the file in writing
-        return self._ack(delivery_id, self.deliveries.pop(delivery_id))
+        return Ack(
+            delivery_id,
+            written=state.written,
+            filtered=state.filtered,
+            rejected=rejected,
+            duplicates=state.duplicates,
+            reason=reason,
+            num_events=state.num_events,
+        )
 
     @property
     def pending_events(self) -> int:
@@ -240,8 +217,6 @@ class FileAssembler:
             delivery_id,
             written=state.written,
             filtered=state.filtered,
-            rejected=state.rejected,
             duplicates=state.duplicates,
-            reason=state.reason,
             num_events=state.num_events,
         )

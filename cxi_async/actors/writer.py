@@ -213,22 +213,13 @@ class Writer:
         self.wake.set()
 
     async def _write_next(self, batch: FileBatch) -> None:
-        """Write one file taken from the assembler; on failure keep its events and retry.
-
-        Every way out hands the file back to the assembler (written, failed or dropped): a
-        taken file it never hears of again would hold its deliveries' credits for ever.
-        """
-        try:
-            images = await self._fetch_images(batch)
-            if not batch.events:
-                self.assembler.file_dropped(batch)
-                return
-            events = cxi.CxiEvents.pack(
-                [_record(e) for e in batch.events], self.config.peak_finding.max_num_peak
-            )
-        except Exception as exc:  # a bug, or Ray failing otherwise: keep the events, retry
-            self._write_failed(batch, exc)
+        """Write one file taken from the assembler; on failure keep its events and retry."""
+        images = await self._fetch_images(batch)
+        if not batch.events:
             return
+        events = cxi.CxiEvents.pack(
+            [_record(e) for e in batch.events], self.config.peak_finding.max_num_peak
+        )
         if self.config.debug.write_delay_s:
             await asyncio.sleep(self.config.debug.write_delay_s)
         self._remove_residue()
