@@ -123,14 +123,23 @@ async def run(config: Config) -> int:
                 log.warning("%s again: aborting; batches in flight are not written", signals.name)
                 drain.cancel()
                 final = await pipeline.stop()
-                print(format_summary(final))
+                _print_summary(final)
                 return EXIT_ABORTED
         waiter.cancel()
     finally:
         progress.cancel()
         signals.restore()
-    print(format_summary(final))
+    _print_summary(final)
     return EXIT_OK
+
+
+def _print_summary(final: dict) -> None:
+    """The summary table; after a hang-up the terminal may be gone (EIO), and the run's
+    outcome is in the report anyway, so that is no failure."""
+    try:
+        print(format_summary(final), flush=True)
+    except OSError:
+        log.warning("could not print the summary (the terminal is gone); see the run report")
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
