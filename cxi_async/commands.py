@@ -1,4 +1,4 @@
-"""Commands besides `run`: check, status, health (see `python -m cxi_async <command> --help`).
+"""Commands besides `run`: check, status, health, stop (see `python -m cxi_async <command> --help`).
 
 - `check` validates a configuration: the settings, the geometry, the output directory,
   whether the producer's item classes import where the finders run (real or cxi_async's
@@ -6,6 +6,7 @@
   `--pipeline-config`, the settings the producer's YAML must share.
 - `status` attaches to the running pipeline's Ray cluster and prints the drainer's stats.
 - `health` does the same and answers with an exit code, for cron jobs and probes.
+- `stop` attaches the same way and drains and stops the pipeline, driver or not.
 
 Exit codes: 0 fine, 1 a mismatch / no pipeline / unhealthy, 2 a configuration error.
 """
@@ -13,10 +14,11 @@ Exit codes: 0 fine, 1 a mismatch / no pipeline / unhealthy, 2 a configuration er
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from cxi_async.config import Config, ConfigError, load_config
@@ -45,6 +47,10 @@ def build_parser(command: str) -> argparse.ArgumentParser:
             "anything; with --pipeline-config also compare it with the producer's YAML."
         ),
         "status": "Print the running pipeline's progress and counts (from its drainer actor).",
+        "stop": (
+            "Drain and stop the running pipeline (whether or not a driver still follows it): "
+            "finish and write every batch in flight, write the report, print the summary."
+        ),
         "health": (
             "Exit 0 when the running pipeline is healthy, 1 with one sentence when it is not: "
             "unreachable, a finder, writer or Q2 shard that does not answer, a writer that "
@@ -112,6 +118,8 @@ def main(command: str, argv: Sequence[str]) -> int:
         return check(config, args.config, args.pipeline_config)
     if command == "status":
         return status(config, as_json=args.json)
+    if command == "stop":
+        return stop(config)
     return health(config, stall_s=args.stall_s)
 
 
@@ -285,42 +293,48 @@ def _sentence(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- status / health
 
 
+@contextlib.contextmanager
+def _attached(config: Config) -> Iterator[None]:
+    """Attach to the pipeline's Ray cluster (if not attached); disconnect again after, when
+    it was this call that connected. Raises PipelineNotReachable with the sentence to show."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = config.ray.address or "auto"
+    _probe(config, address)
+    try:
+        ray.init(
+            address=address,
+            namespace=config.ray.namespace,
+            log_to_driver=False,
+            logging_level=logging.ERROR,  # not the token-auth notice on every call
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        if config.ray.address:
+            why = f"could not connect to Ray at ray.address = {address}: {_first_line(exc)}"
+        else:
+            why = (
+                "there is no Ray cluster on this host (ray.address is not set, so "
+                "cxi_async looked for a local one)"
+            )
+        raise PipelineNotReachable(
+            f"no cxi_async pipeline for Q2 '{config.queue.name}' is running: {why}"
+        ) from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 def fetch_stats(config: Config, timeout_s: float = STATS_TIMEOUT_S) -> dict:
     """Attach to the pipeline's Ray cluster (if not attached), ask the drainer for stats.
 
-    Raises PipelineNotReachable with the sentence to show. Disconnects again when it was
-    this call that connected.
+    Raises PipelineNotReachable with the sentence to show.
     """
-    import ray
-
-    connected_here = False
-    if not ray.is_initialized():
-        address = config.ray.address or "auto"
-        _probe(config, address)
-        try:
-            ray.init(
-                address=address,
-                namespace=config.ray.namespace,
-                log_to_driver=False,
-                logging_level=logging.ERROR,  # not the token-auth notice on every call
-            )
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            if config.ray.address:
-                why = f"could not connect to Ray at ray.address = {address}: {_first_line(exc)}"
-            else:
-                why = (
-                    "there is no Ray cluster on this host (ray.address is not set, so "
-                    "cxi_async looked for a local one)"
-                )
-            raise PipelineNotReachable(
-                f"no cxi_async pipeline for Q2 '{config.queue.name}' is running: {why}"
-            ) from None
-        connected_here = True
-    try:
+    with _attached(config):
         return _ask_drainer(config, timeout_s)
-    finally:
-        if connected_here:
-            ray.shutdown()
 
 
 def _probe(config: Config, address: str) -> None:
@@ -335,7 +349,7 @@ def _probe(config: Config, address: str) -> None:
         )
 
 
-def _ask_drainer(config: Config, timeout_s: float) -> dict:
+def _get_drainer(config: Config) -> Any:
     import ray
 
     from cxi_async.pipeline import drainer_name
@@ -343,12 +357,22 @@ def _ask_drainer(config: Config, timeout_s: float) -> dict:
     name = drainer_name(config)
     namespace = config.ray.namespace
     try:
-        drainer = ray.get_actor(name, namespace=namespace)
+        return ray.get_actor(name, namespace=namespace)
     except ValueError:
         raise PipelineNotReachable(
             f"no cxi_async pipeline for Q2 '{config.queue.name}' is running in namespace "
             f"'{namespace}'{_elsewhere(name, namespace)}"
         ) from None
+
+
+def _ask_drainer(config: Config, timeout_s: float) -> dict:
+    import ray
+
+    from cxi_async.pipeline import drainer_name
+
+    name = drainer_name(config)
+    namespace = config.ray.namespace
+    drainer = _get_drainer(config)
     try:
         return ray.get(drainer.stats.remote(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
@@ -402,6 +426,30 @@ def status(config: Config, *, as_json: bool = False) -> int:
     )
     print(format_progress(stats))
     print(format_summary(stats))
+    return EXIT_OK
+
+
+def stop(config: Config) -> int:
+    """Drain and stop the pipeline (no driver needed), then free its coordinator's name."""
+    import ray
+
+    from cxi_async.summary import format_summary
+
+    try:
+        with _attached(config):
+            drainer = _get_drainer(config)
+            try:
+                final = ray.get(drainer.drain_and_stop.remote("asked to drain and stop (stop)"))
+            except ray.exceptions.RayActorError:
+                raise PipelineNotReachable(
+                    f"the cxi_async drainer of Q2 '{config.queue.name}' died while stopping; "
+                    "what it renamed is listed, what was in flight is still in no file"
+                ) from None
+            ray.kill(drainer)
+    except PipelineNotReachable as exc:
+        _error(str(exc))
+        return EXIT_FAILED
+    print(format_summary(final))
     return EXIT_OK
 
 

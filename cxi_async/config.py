@@ -217,6 +217,9 @@ class DebugConfig(_Section):
 
     write_delay_s: NonNegSeconds = 0.0  # extra seconds before each CXI file is written
     find_delay_s: NonNegSeconds = 0.0  # extra seconds in each finder batch
+    init_delay_s: NonNegSeconds = 0.0  # extra seconds in each finder's and writer's __init__
+    fail_init: Literal["", "finder", "writer"] = ""  # every such actor raises in __init__
+    reply_delay_s: NonNegSeconds = 0.0  # a writer holds its reply to submit() this long
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

@@ -1,6 +1,8 @@
 """Drainer actor: takes batches from Q2 while it holds credits, and keeps the books.
 
-It is the pipeline's coordinator: it creates the finders and writers, forwards each batch's
+It is the pipeline's coordinator, a detached actor: it outlives the driver that started it,
+stops by its own rules (idle timeout, max batches, replay drained) and writes its report
+without one. It creates the finders and writers (and the replay producer), forwards each batch's
 ObjectRef (never the batch) to a finder, remembers every batch until a writer acks it,
 re-dispatches what a dead actor held, and answers stats. Credits are the only throttle: a
 batch holds one from the moment it leaves Q2 until all its kept events are in a renamed file.
@@ -22,7 +24,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 
 from cxi_async import alarms, cxi
-from cxi_async.actors.common import is_actor_death, setup_actor_logging
+from cxi_async.actors.common import is_actor_death, setup_actor_logging, start_failure
 from cxi_async.actors.q2_shard import (
     check_topology,
     connect_shards,
@@ -40,8 +42,10 @@ log = logging.getLogger(__name__)
 
 HEALTH_INTERVAL_S = 1.0
 MAX_ATTEMPTS = 3  # a batch that kills this many finders is rejected
+START_ATTEMPTS = 3  # an actor slot whose actor dies this many times while starting fails the start
 SIZE_TIMEOUT_S = 5.0
 Q2_FULL_TIMEOUT_S = 2.0  # a shard busy with a large put answers later: not known full
+LINGER_S = 30.0  # a stopped coordinator exits this long after its stop
 SHARD_SETTLE_S = 1.0  # with num_shards = "auto": how long the shard count must stay the same
 
 
@@ -119,6 +123,8 @@ class Drainer:
         self.no_data = alarms.NoDataClock(config.queue.warn_no_data_s, self.started_mono)
         self.recent = alarms.RejectionWindow()
         self.no_data_warning: str | None = None
+        self.producer: Any = None  # the replay producer, owned here: it outlives the driver
+        self.replay_report: Any = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -153,7 +159,7 @@ class Drainer:
         self.finder_group = await _reserve_finder_group(cfg)
         self.writers = [self._new_writer(i) for i in range(cfg.output.num_writers)]
         self.finders = [self._new_finder(i) for i in range(cfg.processing.num_finders)]
-        await _placed(self.writers + self.finders, cfg)
+        await self._started()
         for i in range(len(self.finders)):
             for _ in range(cfg.processing.finder_inbox + 1):
                 self.finder_slots.put_nowait(i)
@@ -171,16 +177,73 @@ class Drainer:
         )
         return {"num_shards": num_shards, "output_dir": self.output_dir}
 
+    async def _started(self) -> None:
+        """Wait until every new finder and writer answers; one that dies while starting (in
+        ``__init__``) is replaced, up to START_ATTEMPTS times, like one that dies later."""
+        tries: collections.Counter[tuple[str, int]] = collections.Counter()
+        while True:
+            slots = [("writer", i, a) for i, a in enumerate(self.writers)]
+            slots += [("finder", i, a) for i, a in enumerate(self.finders)]
+            replies = await _placed([a for _, _, a in slots])
+            dead = [(r, i, e) for (r, i, _), e in zip(slots, replies, strict=True) if e is not None]
+            if not dead:
+                break
+            for role, index, exc in dead:
+                if not is_actor_death(exc):
+                    raise exc
+                tries[role, index] += 1
+                if tries[role, index] >= START_ATTEMPTS:
+                    raise RuntimeError(start_failure(role, index, tries[role, index], str(exc)))
+                log.warning(
+                    "%s; starting another", start_failure(role, index, 1, str(exc)).rstrip(".")
+                )
+                self.replacements[role] += 1
+                if role == "writer":
+                    self.writers[index] = self._new_writer(index)
+                else:
+                    self.finders[index] = self._new_finder(index)
+        if any(role == "writer" for role, _ in tries):  # finders were made with the old ones
+            await asyncio.gather(*(f.set_writers.remote(self.writers) for f in self.finders))
+
+    async def start_replay(self, num_shards: int) -> None:
+        """Start the replay producer here, not in the driver: it and the watch that stops the
+        run once Q2 is drained then live as long as this (detached) coordinator."""
+        from cxi_async.replay import new_replay_producer
+
+        self.producer = new_replay_producer(self.config, num_shards)
+        self._spawn(self._stop_after_replay(self.producer.run.remote()), track=False)
+
+    async def _stop_after_replay(self, run: Any) -> None:
+        try:
+            self.replay_report = await run
+        except Exception as exc:
+            log.error("the replay producer failed: %s", _last_line(exc))
+        await self.stop_when_empty("replay finished and Q2 drained")
+
+    async def replay_result(self) -> Any:
+        """What the replay producer's run() returned (None before it finished)."""
+        return self.replay_report
+
+    async def finished_stats(self) -> dict | None:
+        """The final stats once stopped, else None (a second driver attaches or replaces)."""
+        return self.final
+
+    async def _exit_later(self) -> None:
+        """A detached coordinator that stopped frees its name once followers had time to read
+        the final stats (the driver that started it kills it at once if it is still there)."""
+        await asyncio.sleep(LINGER_S)
+        log.info("exiting %.0f s after the stop", LINGER_S)
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
     def _adopt_unlisted_files(self) -> None:
         """List finished files an aborted run renamed but never listed (files.lst, events.lst)."""
-        listed = {entry.path for entry in self.catalog.entries}
         prefix = self.config.output.file_prefix
         patterns = [f"{prefix}_*.cxi"]
         if self.config.output.run_from_metadata is not None:
             patterns.append(f"*/{prefix}_*.cxi")  # <output_dir>/<run>/ of metadata runs
         found = {p for pattern in patterns for p in Path(self.output_dir).glob(pattern)}
         for path in sorted(found):
-            if str(path.resolve()) in listed:
+            if self.catalog.is_listed(path.resolve()):
                 continue
             try:
                 self.catalog.add_file(path, cxi.count_events(path))
@@ -300,12 +363,13 @@ class Drainer:
             except CatalogError as exc:
                 log.warning("could not write the run report: %s", exc)
         self.final = stats
-        for actor in [*self.finders, *self.writers]:
+        for actor in [*self.finders, *self.writers, *([self.producer] if self.producer else [])]:
             ray.kill(actor)
         if self.finder_group is not None:
             remove_placement_group(self.finder_group)
         self.finished.set()
         log.info("stopped (%s)", self.stop_reason)
+        self._spawn(self._exit_later(), track=False)
         return stats
 
     async def wait_finished(self) -> dict:
@@ -803,10 +867,15 @@ async def _reserve_finder_group(cfg: Config, timeout: float = 120.0) -> Any:
     return group
 
 
-async def _placed(actors: list[Any], cfg: Config, timeout: float = 120.0) -> None:
-    """Wait until every new actor answers; a clear sentence if Ray cannot place them."""
+async def _placed(actors: list[Any], timeout: float = 120.0) -> list[BaseException | None]:
+    """Wait until every new actor answers or fails (its error, else None); a clear sentence
+    if Ray cannot place them."""
     try:
-        await asyncio.wait_for(asyncio.gather(*(_await(a.ping.remote()) for a in actors)), timeout)
+        replies = await asyncio.wait_for(
+            asyncio.gather(*(_await(a.ping.remote()) for a in actors), return_exceptions=True),
+            timeout,
+        )
+        return [r if isinstance(r, BaseException) else None for r in replies]
     except asyncio.TimeoutError:
         raise RuntimeError(
             f"Ray did not start the finders and writers within {timeout:g} s: the cluster has "

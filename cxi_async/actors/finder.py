@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 
-from cxi_async.actors.common import is_actor_death, is_object_lost, setup_actor_logging
+from cxi_async.actors.common import debug_init, is_actor_death, is_object_lost, setup_actor_logging
 from cxi_async.config import Config
 from cxi_async.finding import BatchFinder, RefUnavailable
 from cxi_async.messages import EMPTY, SHARD_GONE, BatchResult, Delivery, writer_index
@@ -31,6 +31,7 @@ class Finder:
     def __init__(self, config: Config, index: int, writers: list[Any]) -> None:
         setup_actor_logging(config)
         self.producer_classes = ensure_producer_classes().source  # before any item is read
+        debug_init(config, "finder")
         self.index = index
         self.config = config
         self.writers = writers

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 import ray
 
 from cxi_async import cxi
-from cxi_async.actors.common import is_actor_death, is_object_lost, setup_actor_logging
+from cxi_async.actors.common import debug_init, is_actor_death, is_object_lost, setup_actor_logging
 from cxi_async.assembly import FileAssembler, FileBatch
 from cxi_async.config import Config
 from cxi_async.finding import Layouts
@@ -44,6 +45,8 @@ class Writer:
         run_label: str,
     ) -> None:
         setup_actor_logging(config)
+        debug_init(config, "writer")
+        self.replying = 0
         out = config.output
         self.config = config
         self.index = index
@@ -128,6 +131,10 @@ class Writer:
                 if await self._image_lost(result, exc):
                     return
         await self.inbox.put(result)
+        if self.config.debug.reply_delay_s:  # drill: die between accepting and replying
+            self.replying += 1
+            await asyncio.sleep(self.config.debug.reply_delay_s)
+            self.replying -= 1
 
     async def _image_lost(self, result: BatchResult, exc: BaseException) -> bool:
         """Reject the delivery (True), or mark it to be written without images (False)."""
@@ -182,6 +189,8 @@ class Writer:
             "duplicates": self.assembler.duplicates,
             "events_without_image": self.events_without_image,
             "write_failures": self.failures,
+            "replying": self.replying,  # accepted results whose reply is held (drill)
+            "dedup_batches": len(self.assembler.seen),  # batch ids remembered (bounded)
             "failing": self.failing_since is not None,
             "node_id": ray.get_runtime_context().get_node_id(),  # placement (multi-node)
         }
@@ -257,19 +266,23 @@ class Writer:
     async def _write_next(self, batch: FileBatch) -> None:
         """Write one file taken from the assembler; on failure keep its events and retry."""
         images = {e.delivery_id: e.image[0] for e in batch.events if e.image}
-        events = cxi.CxiEvents.pack(
-            [_record(e) for e in batch.events], self.config.peak_finding.max_num_peak
-        )
         if self.config.debug.write_delay_s:
             await asyncio.sleep(self.config.debug.write_delay_s)
         self._remove_residue()
         t0 = time.perf_counter()
-        try:
-            directory, label, sequence = self._location(batch.events[0].event.run)
-            path = directory / cxi.cxi_file_name(
-                self.config.output.file_prefix, label, self._next_sequence(sequence)
+        try:  # every exit hands the taken file back: written, or failed and kept for a retry
+            events = cxi.CxiEvents.pack(
+                [_record(e) for e in batch.events], self.config.peak_finding.max_num_peak
             )
-            await asyncio.to_thread(self._write_file, path, batch, events, images, label)
+            directory, label, sequence = self._location(batch.events[0].event.run)
+
+            def next_name() -> Path:
+                seq = self._next_sequence(sequence)
+                return directory / cxi.cxi_file_name(self.config.output.file_prefix, label, seq)
+
+            path = await asyncio.to_thread(
+                self._write_file, next_name(), batch, events, images, label, next_name
+            )
         except Exception as exc:  # CxiWriteError, or a bug: either way the events stay
             self._write_failed(batch, exc)
             return
@@ -286,7 +299,9 @@ class Writer:
         events: cxi.CxiEvents,
         images: dict[int, Any],
         label: str,
-    ) -> None:
+        next_name: Callable[[], Path],
+    ) -> Path:
+        """Write the file; a name another writer took is skipped (the path written returned)."""
         first = batch.events[0]
         layout = self.layouts.for_shape(first.num_panels, *first.panel_shape)
         self._write_slab_geom(path.parent, first.num_panels, first.panel_shape, layout)
@@ -303,7 +318,7 @@ class Writer:
             top, left = event.pad_offset
             layout.assemble(image[b * c : (b + 1) * c, 0, top:, left:], out)
 
-        cxi.write_cxi_file(
+        return cxi.write_cxi_file(
             path,
             events,
             layout.slab_shape,
@@ -319,6 +334,7 @@ class Writer:
                 ),
             },
             filtered_events=batch.filtered,
+            next_name=next_name,
         )
 
     def _write_slab_geom(
