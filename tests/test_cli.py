@@ -433,6 +433,7 @@ def test_sigterm_during_a_file_write_flushes_and_exits_0(cli, tmp_path):
     )
 
 
+@pytest.mark.slow  # ~45 s; the same handler as SIGTERM, which the default set drills
 def test_sighup_of_a_closed_terminal_flushes_and_exits_0(cli, tmp_path):
     """SIGHUP to the whole process group, as a closed terminal or SSH session sends it."""
     stop_drill(

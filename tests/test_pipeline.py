@@ -96,6 +96,7 @@ async def test_a_restart_continues_every_run_directory(make_config):
     assert len(events) == kept
 
 
+@pytest.mark.slow  # ~25 s; runs from metadata are in the default set above
 async def test_events_without_a_run_stay_in_the_output_directory(make_config):
     config = make_config("output.run_from_metadata='run'", "replay.num_batches=2")
     pipeline = await Pipeline.start(config)
@@ -178,7 +179,7 @@ async def test_images_are_the_panels_in_slab_order(make_config):
         np.testing.assert_array_equal(event["image"], expected)
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("dtype", [pytest.param("float16", marks=pytest.mark.slow), "bfloat16"])
 async def test_half_precision_logits_give_the_same_peaks(make_config, dtype):
     config = make_config(f"replay.dtype={dtype}", "replay.num_batches=3")
     pipeline = await Pipeline.start(config)
