@@ -87,7 +87,6 @@ class BatchFinder:
             batch = q2.decode_item(
                 item, fetch, self.run_key, rules=self.rules, padding=self.padding
             )
-            q2.check_finite(batch)
             b, c, h, w = batch.original_shape
             layout = self.layouts.for_shape(c, h, w)
         except q2.MalformedItem as exc:

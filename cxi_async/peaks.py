@@ -52,6 +52,14 @@ _CHUNK_BYTES = 1 << 19
 _DENSE_FRACTION = 0.04
 # How 16-bit logits are compared: "xorsign", "key" or "convert" (see bench/bench_peaks.py).
 _METHOD = {"float": "", "float16": "xorsign", "bfloat16": "xorsign"}
+# IEEE kinds: (integer type of the bits, magnitude mask, exponent mask). A value is NaN or
+# infinite exactly when its magnitude bits (sign cleared) reach the exponent mask.
+_IEEE: dict[str, tuple[type, int, int]] = {
+    "float16": (np.int16, 0x7FFF, 0x7C00),
+    "bfloat16": (np.int16, 0x7FFF, 0x7F80),
+    "float32": (np.int32, 0x7FFF_FFFF, 0x7F80_0000),
+    "float64": (np.int64, 0x7FFF_FFFF_FFFF_FFFF, 0x7FF0_0000_0000_0000),
+}
 
 
 class PeakFindingError(ValueError):
@@ -222,7 +230,10 @@ class _MaskScanner:
         self.panel_size = (ho + 1) * self.wb
         self.chunk = max(1, min(n, _CHUNK_BYTES // self.panel_size))
         self.buf = np.zeros((self.chunk, ho + 1, self.wb), np.bool_)
+        self.nonfinite = 0  # NaN or infinite logits among the real pixels seen so far
+        self.ieee = _IEEE[logits.dtype.name if kind == "float" else kind]
         if kind != "float":
+            self.tmp_abs = np.empty(self.chunk * 2 * ho * w, np.int16)
             self.tmp16 = np.empty((self.chunk, ho, self.wsrc), np.int16)
             self.tmpb = np.empty((self.chunk, ho, self.wsrc), np.bool_)
             if self.method == "key":
@@ -271,6 +282,7 @@ class _MaskScanner:
         for k0 in range(0, npanel, self.chunk):
             k1 = min(k0 + self.chunk, npanel)
             self.compare(k0, k1)
+            self._count_nonfinite(k0, k1)  # the chunk is still in cache: no second full pass
             q = self._list(k1 - k0)
             if q.size:
                 parts.append(q + k0 * self.panel_size if k0 else q)
@@ -280,6 +292,26 @@ class _MaskScanner:
         if self.kind != "float":
             lin = lin[self._exact(lin)]
         return lin
+
+    def _count_nonfinite(self, k0: int, k1: int) -> None:
+        """Count NaN and infinite logits of panels k0..k1-1, real pixels only.
+
+        A quick test over the whole rows (contiguous, still in cache from the compare):
+        float max and min are finite only if every value is (NaN propagates); 16-bit kinds
+        take the max of their magnitude bits. Only when it fails are the real pixels counted.
+        """
+        rows = self.logits[k0:k1, :, : self.ho]
+        bits_type, magnitude_mask, exponent = self.ieee
+        if self.kind == "float":
+            if np.isfinite(rows.max()) and np.isfinite(rows.min()):
+                return
+            magnitude = np.bitwise_and(rows.view(bits_type), bits_type(magnitude_mask))
+        else:
+            magnitude = self.tmp_abs[: rows.size].reshape(rows.shape)
+            np.bitwise_and(rows.view(bits_type), bits_type(magnitude_mask), out=magnitude)
+            if int(magnitude.max()) < exponent:
+                return
+        self.nonfinite += int(np.count_nonzero(magnitude[..., : self.wo] >= exponent))
 
     def _list(self, k: int) -> np.ndarray:
         """Linear indices of the foreground in ``buf[:k]``: first the rows that have any
@@ -406,16 +438,25 @@ def find_peaks(
     bfloat16: bool = False,
     image: np.ndarray | None = None,
     connectivity: int = 8,
+    reject_nonfinite: bool = True,
 ) -> PeakTable:
     """Find the peaks of every panel of a batch of PeakNet logits.
 
     ``logits`` is (B*C, 2, H, W), padded bottom-right, float32 / float16, or int16 raw
     bfloat16 bits with ``bfloat16=True``; it is only read. ``image`` (B*C, 1, H, W), when
-    given, supplies intensities at the peak pixels.
+    given, supplies intensities at the peak pixels. A NaN or infinite logit among the real
+    pixels raises PeakFindingError, counted in the same pass that builds the mask
+    (``reject_nonfinite=False``: they are background, as in :func:`peak_mask`).
     """
     kind, nb, nc, ho, wo = _check_inputs(logits, original_shape, bfloat16, image, connectivity)
     scan = _MaskScanner(logits, kind, ho, wo)
     lin = scan.foreground()
+    if scan.nonfinite and reject_nonfinite:  # a broken model or transfer: loud
+        name = logits.dtype.name if kind == "float" else kind
+        raise PeakFindingError(
+            f"{scan.nonfinite} of {logits.shape[0] * 2 * ho * wo} logits are NaN or infinite "
+            f"({name})"
+        )
     if lin.size == 0:
         return PeakTable.empty(nb)
     if lin.size > _DENSE_FRACTION * logits.shape[0] * ho * wo:

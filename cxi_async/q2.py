@@ -35,7 +35,6 @@ __all__ = [
     "LogitsKind",
     "MalformedItem",
     "Padding",
-    "check_finite",
     "check_image",
     "decode_item",
     "run_label",
@@ -435,50 +434,3 @@ def check_image(batch: DecodedBatch, image: Any) -> np.ndarray:
     if image.dtype.kind not in "iuf":
         raise MalformedItem(bid, f"image has dtype {image.dtype}, expected real numbers")
     return _read_only(image)
-
-
-# Exponent bits of the 16-bit kinds: a value is NaN or infinite when all of them are set.
-_EXPONENT_16 = {"float16": 0x7C00, "bfloat16": 0x7F80}
-
-
-def _nonfinite_count(batch: DecodedBatch) -> int:
-    x = batch.logits
-    if batch.logits_kind in _EXPONENT_16:
-        exp = _EXPONENT_16[batch.logits_kind]
-        return int(np.count_nonzero((x.view(np.int16) & exp) == exp))
-    return int(x.size - np.count_nonzero(np.isfinite(x)))
-
-
-def _max_abs_bits_16(bits: np.ndarray, chunk: int = 1 << 17) -> int:
-    """max(bits & 0x7FFF) in cache-sized chunks: no batch-sized temporary to page in."""
-    buf = np.empty(min(bits.size, chunk), np.int16)
-    top = 0
-    for start in range(0, bits.size, chunk):
-        part = bits[start : start + chunk]
-        out = buf[: part.size]
-        np.bitwise_and(part, np.int16(0x7FFF), out=out)
-        top = max(top, int(out.max()))
-    return top
-
-
-def check_finite(batch: DecodedBatch) -> None:
-    """Raise MalformedItem if any logit is NaN or infinite.
-
-    A NaN logit would silently become background; a batch of them means a broken model or
-    transfer, which deserves a loud error. Cheap paths (bench numbers in the README):
-    float32 uses one sum (finite only if every term is; a non-finite sum may be an overflow,
-    so it is confirmed by an exact count), the 16-bit kinds one integer max over the bits
-    (``max(bits & 0x7FFF)`` reaches the exponent mask only for NaN or inf).
-    """
-    x = batch.logits
-    kind = batch.logits_kind
-    if kind in _EXPONENT_16:
-        ok = _max_abs_bits_16(x.reshape(-1).view(np.int16)) < _EXPONENT_16[kind]
-    else:
-        with np.errstate(over="ignore", invalid="ignore"):
-            ok = bool(np.isfinite(np.add.reduce(x.reshape(-1))))
-    bad = 0 if ok else _nonfinite_count(batch)
-    if bad:
-        raise MalformedItem(
-            batch.batch_id, f"{bad} of {x.size} logits are NaN or infinite ({kind})"
-        )

@@ -256,7 +256,9 @@ def test_dtypes_give_identical_results_with_ties_nan_inf(connectivity, labelling
     for kind in ("float32", "float16", "bfloat16"):
         x, bf = as_kind(logits, kind)
         np.testing.assert_array_equal(peak_mask(x, shape, bfloat16=bf), expected, err_msg=kind)
-        tables[kind] = find_peaks(x, shape, bfloat16=bf, image=image, connectivity=connectivity)
+        tables[kind] = find_peaks(
+            x, shape, bfloat16=bf, image=image, connectivity=connectivity, reject_nonfinite=False
+        )
         ref = reference_find_peaks(x, shape, bfloat16=bf, image=image, connectivity=connectivity)
         assert_tables_equal(tables[kind], ref)
     assert_tables_equal(tables["float16"], tables["float32"])
@@ -291,7 +293,7 @@ def test_specific_ties_and_nan_pairs():
     expected = [2.0 * i for i, p in enumerate(pairs) if p[2]]
     for kind in ("float32", "float16", "bfloat16"):
         x, bf = as_kind(logits, kind)
-        t = find_peaks(x, (1, 1, 1, w), bfloat16=bf)
+        t = find_peaks(x, (1, 1, 1, w), bfloat16=bf, reject_nonfinite=False)
         assert t.col.tolist() == expected, kind
 
 
@@ -299,9 +301,13 @@ def test_bfloat16_bits_as_uint16_are_accepted():
     rng = np.random.default_rng(4)
     logits = readonly(rng.choice(SPECIAL, (2, 2, 9, 12)))
     bits, _ = as_kind(logits, "bfloat16")
-    a = find_peaks(bits, (1, 2, 9, 10), bfloat16=True)
-    b = find_peaks(readonly(bits.view(np.uint16)), (1, 2, 9, 10), bfloat16=True)
+    a = find_peaks(bits, (1, 2, 9, 10), bfloat16=True, reject_nonfinite=False)
+    b = find_peaks(
+        readonly(bits.view(np.uint16)), (1, 2, 9, 10), bfloat16=True, reject_nonfinite=False
+    )
     assert_tables_equal(a, b)
+    with pytest.raises(PeakFindingError, match="NaN or infinite"):  # both ways counted
+        find_peaks(readonly(bits.view(np.uint16)), (1, 2, 9, 10), bfloat16=True)
 
 
 # ----------------------------------------------------------------------------- reference
@@ -469,3 +475,39 @@ def test_every_16bit_compare_method_is_exact(method, kind):
     got[scan.coords(scan.foreground())] = True
     with np.errstate(invalid="ignore"):
         np.testing.assert_array_equal(got, logits[:, 1, :9, :20] > logits[:, 0, :9, :20])
+
+
+# ------------------------------------------------------------------ NaN and infinite logits
+
+
+@pytest.mark.parametrize("kind", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_real_logits_are_counted_and_refused(kind, bad):
+    logits = logits_from_mask(np.zeros((6, 20, 26), bool)).copy()
+    x, bf = as_kind(readonly(logits.copy()), kind)
+    find_peaks(x, (2, 3, 17, 23), bfloat16=bf)  # all finite: fine
+    logits[1, 1, 2, 3] = logits[4, 0, 16, 22] = bad  # two real pixels
+    logits[5, 0, 19, 25] = bad  # padding: not a real pixel, never counted
+    x, bf = as_kind(readonly(logits), kind)
+    with pytest.raises(PeakFindingError) as info:
+        find_peaks(x, (2, 3, 17, 23), bfloat16=bf)
+    assert str(info.value) == f"2 of {6 * 2 * 17 * 23} logits are NaN or infinite ({kind})"
+
+
+def test_an_overflowing_sum_of_finite_logits_is_fine():
+    find_peaks(np.full((2, 2, 4, 4), 3e38, np.float32), (2, 1, 4, 4))
+
+
+def test_the_largest_finite_16_bit_values_are_fine():
+    find_peaks(np.full((2, 2, 4, 4), -65504.0, np.float16), (2, 1, 4, 4))
+    big = (np.full((2, 2, 4, 4), -3.3895e38, np.float32).view(np.int32) >> 16).astype(np.int16)
+    find_peaks(big, (2, 1, 4, 4), bfloat16=True)
+
+
+@pytest.mark.parametrize("kind", ["float16", "bfloat16"])
+def test_a_nan_in_the_last_chunk_is_found(kind):
+    logits = np.zeros((16, 2, 160, 160), np.float32)  # more panels than one chunk holds
+    logits[-1, -1, 149, 149] = np.nan
+    x, bf = as_kind(logits, kind)
+    with pytest.raises(PeakFindingError, match=f"1 of {16 * 2 * 150 * 150} logits"):
+        find_peaks(x, (16, 1, 150, 150), bfloat16=bf)
