@@ -183,6 +183,19 @@ class ReplayConfig(_Section):
     producer_rate_hz: Positive | None = None  # events/s put; None: as fast as Q2 takes them
     unique_batches: Count | None = None  # generate this many, then replay them with new ids
     events_per_run: NonNegInt = 0  # > 0: metadata["run"] numbers runs of this many events
+    pattern: Literal["random", "lattice"] = "random"  # lattice: stills of a crystal (lattice.py)
+    cell: tuple[Positive, Positive, Positive, Positive, Positive, Positive] = (
+        79.1,
+        79.1,
+        37.9,
+        90.0,
+        90.0,
+        90.0,
+    )  # lattice: a, b, c in Angstrom, alpha, beta, gamma in degrees (default: lysozyme)
+    lattice_type: Literal[
+        "triclinic", "monoclinic", "orthorhombic", "tetragonal", "rhombohedral", "hexagonal", "cubic"
+    ] = "tetragonal"  # lattice: CrystFEL lattice_type, written to replay.cell
+    centering: Literal["P", "A", "B", "C", "I", "F", "R", "H"] = "P"  # lattice: CrystFEL centering
 
 
 class DebugConfig(_Section):

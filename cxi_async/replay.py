@@ -28,7 +28,8 @@ FULL_RETRY_S = 0.005
 
 
 def replay_spec(config: Config) -> SyntheticSpec:
-    return SyntheticSpec.from_replay(config.replay, config.peak_finding.min_num_peak)
+    spec = SyntheticSpec.from_replay(config.replay, config.peak_finding.min_num_peak)
+    return replace(spec, geom_file=config.geometry.geom_file)  # the lattice projects through it
 
 
 def replay_batch(config: Config, index: int) -> SyntheticBatch:

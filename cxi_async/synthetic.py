@@ -123,8 +123,18 @@ class SyntheticSpec:
     seed: int = 0
     wavelength_per_event: bool = True  # False: metadata["photon_wavelength"] is one float
     events_per_run: int = 0  # > 0: metadata["run"] = 1 + event number // events_per_run
+    pattern: Literal["random", "lattice"] = "random"  # lattice: crystal stills (lattice.py)
+    cell: tuple[float, ...] = (79.1, 79.1, 37.9, 90.0, 90.0, 90.0)  # lattice: a b c al be ga
+    lattice_type: str = "tetragonal"  # lattice: CrystFEL lattice_type of the cell
+    centering: str = "P"  # lattice: CrystFEL centering of the cell
+    geom_file: str | None = None  # lattice: geometry the spots are projected through
 
     def __post_init__(self) -> None:
+        if self.pattern not in ("random", "lattice"):
+            raise SyntheticSpecError(
+                f"SyntheticSpec.pattern is {self.pattern!r}; allowed: random, lattice."
+            )
+        object.__setattr__(self, "cell", tuple(float(v) for v in self.cell))
         # TOML gives lists; store tuples so the frozen spec stays hashable and comparable.
         for name in ("panel_shape", "padded_shape"):
             value = getattr(self, name)
@@ -235,6 +245,7 @@ class SyntheticBatch:
     pixels: np.ndarray | None = field(
         default=None, repr=False
     )  # (P, 3) int64 [n, r, c] per blob pixel
+    crystals: list[Any] | None = None  # pattern "lattice": lattice.CrystalTruth per event
 
     def predictions_tensor(self, dtype: Dtype | torch.dtype | None = None) -> torch.Tensor:
         """The logits as the inline torch tensor the producer sends (default: the spec dtype).
@@ -560,7 +571,10 @@ def make_batch(spec: SyntheticSpec, index: int) -> SyntheticBatch:
     # Blobs: place per event, then scatter every blob pixel of the batch in one go.
     shapes = _shape_library(spec.seed)
     per_event = [
-        _place_event(spec, shapes, _event_peak_count(spec, rng), rng, batch_id, e) for e in range(b)
+        _place_event(spec, shapes, _event_peak_count(spec, rng), rng, batch_id, e)
+        if spec.pattern == "random"
+        else []  # lattice spots are drawn below, once the metadata gives the wavelength
+        for e in range(b)
     ]
     blobs = [
         (e * c + p, k, r0, c0) for e, placed in enumerate(per_event) for p, k, r0, c0 in placed
@@ -632,7 +646,7 @@ def make_batch(spec: SyntheticSpec, index: int) -> SyntheticBatch:
     }
     if runs is not None:
         metadata["run"] = runs
-    return SyntheticBatch(
+    batch = SyntheticBatch(
         batch_id=batch_id,
         logits=logits,
         image=image,
@@ -644,6 +658,11 @@ def make_batch(spec: SyntheticSpec, index: int) -> SyntheticBatch:
         dtype=spec.dtype,
         pixels=pixels,
     )
+    if spec.pattern == "lattice":
+        from cxi_async.lattice import diffract_batch
+
+        return diffract_batch(batch, spec, index)
+    return batch
 
 
 def iter_batches(

@@ -22,6 +22,7 @@ from cxi_async.assembly import FileAssembler, FileBatch
 from cxi_async.config import Config
 from cxi_async.finding import Layouts
 from cxi_async.geometry import SlabLayout, write_slab_geom
+from cxi_async.lattice import REPLAY_CELL_FILE, UnitCell, write_cell_file
 from cxi_async.messages import Ack, BatchResult
 
 log = logging.getLogger(__name__)
@@ -273,6 +274,10 @@ class Writer:
             return
         path = directory / f"{self.config.output.file_prefix}.geom"
         write_slab_geom(path, layout, self.config.geometry.geom_file)
+        replay = self.config.replay
+        if replay.enabled and replay.pattern == "lattice":  # the cell to index the demo with
+            cell = UnitCell.from_values(replay.cell, replay.lattice_type, replay.centering)
+            write_cell_file(directory / REPLAY_CELL_FILE, cell)
         self.geom_written.add(key)
 
     async def _fetch_images(self, batch: FileBatch) -> dict[int, Any]:
