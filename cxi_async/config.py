@@ -193,7 +193,13 @@ class ReplayConfig(_Section):
         90.0,
     )  # lattice: a, b, c in Angstrom, alpha, beta, gamma in degrees (default: lysozyme)
     lattice_type: Literal[
-        "triclinic", "monoclinic", "orthorhombic", "tetragonal", "rhombohedral", "hexagonal", "cubic"
+        "triclinic",
+        "monoclinic",
+        "orthorhombic",
+        "tetragonal",
+        "rhombohedral",
+        "hexagonal",
+        "cubic",
     ] = "tetragonal"  # lattice: CrystFEL lattice_type, written to replay.cell
     centering: Literal["P", "A", "B", "C", "I", "F", "R", "H"] = "P"  # lattice: CrystFEL centering
 

@@ -139,7 +139,7 @@ class LabDetector:
             w = self.max_fs[p] - self.min_fs[p] + 1
             h = self.max_ss[p] - self.min_ss[p] + 1
             for u, v in ((0, 0), (w, 0), (0, h), (w, h)):
-                corners.append((self.corner[p] + u * self.fs_vec[p] + v * self.ss_vec[p]))
+                corners.append(self.corner[p] + u * self.fs_vec[p] + v * self.ss_vec[p])
         xyz = np.array(corners)
         cos2theta = xyz[:, 2] / np.linalg.norm(xyz, axis=1)
         return float(np.sqrt(2.0 * (1.0 - cos2theta.min())) / wavelength_a)
@@ -176,21 +176,21 @@ class LabDetector:
         fs = np.full(n, np.nan)
         best = np.full(n, np.inf)
         for p in range(self.num_panels):
-            # Solve  t d = corner + u fs_vec + v ss_vec  for (u, v, t), one ray per row.
-            m = np.empty((n, 3, 3))
-            m[:, :, 0] = self.fs_vec[p]
-            m[:, :, 1] = self.ss_vec[p]
-            m[:, :, 2] = -d
-            det = np.linalg.det(m)
-            ok = np.abs(det) > 1e-12
-            sol = np.full((n, 3), np.nan)
-            if ok.any():
-                rhs = -np.broadcast_to(self.corner[p], (int(ok.sum()), 3))[..., None]
-                sol[ok] = np.linalg.solve(m[ok], rhs)[..., 0]
-            u, v, t = sol.T
+            # The ray meets the panel plane (normal n = fs x ss) at t d, t = n.c / n.d; the
+            # in-plane offset from the corner then splits into u fs + v ss.
+            f, s, c = self.fs_vec[p], self.ss_vec[p], self.corner[p]
+            normal = np.cross(f, s)
+            nd = d @ normal
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t = (normal @ c) / nd
+            offset = t[:, None] * d - c
+            fu, sv = np.cross(s, normal), np.cross(normal, f)
+            u = offset @ fu / (f @ fu)
+            v = offset @ sv / (s @ sv)
             w = self.max_fs[p] - self.min_fs[p] + 1
             h = self.max_ss[p] - self.min_ss[p] + 1
-            hit = ok & (t > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h) & (t < best)
+            hit = (np.abs(nd) > 1e-12) & (t > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+            hit &= t < best
             panel[hit] = p
             best[hit] = t[hit]
             fs[hit] = self.min_fs[p] + u[hit] - 0.5

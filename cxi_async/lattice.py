@@ -236,8 +236,8 @@ class EventSpots:
 
 
 @functools.lru_cache(maxsize=8)
-def _hkl_grid(cell: UnitCell, max_inv_d: float) -> tuple[np.ndarray, np.ndarray]:
-    """All allowed hkl (not 000) with 1/d < max_inv_d, and their crystal-frame q vectors."""
+def _hkl_grid(cell: UnitCell, max_inv_d: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All allowed hkl (not 000) with 1/d < max_inv_d, their crystal-frame q and |q|^2."""
     direct = cell.direct_basis()
     lim = [math.ceil(max_inv_d * float(np.linalg.norm(v))) for v in direct]
     axes = [np.arange(-n, n + 1, dtype=np.int32) for n in lim]
@@ -246,9 +246,10 @@ def _hkl_grid(cell: UnitCell, max_inv_d: float) -> tuple[np.ndarray, np.ndarray]
     q = hkl @ cell.reciprocal_basis()
     keep = np.linalg.norm(q, axis=1) < max_inv_d
     hkl, q = hkl[keep], q[keep]
-    hkl.flags.writeable = False
-    q.flags.writeable = False
-    return hkl, q
+    q2 = np.einsum("ij,ij->i", q, q)
+    for a in (hkl, q, q2):
+        a.flags.writeable = False
+    return hkl, q, q2
 
 
 def simulate_event(
@@ -270,8 +271,12 @@ def simulate_event(
     rotation = random_rotation(rng)
     reciprocal = (rotation @ cell.reciprocal_basis().T).T
     k = 1.0 / wavelength_a
-    hkl, q_crystal = _hkl_grid(cell, round(detector.max_inverse_d(wavelength_a) + 0.005, 2))
-    q = q_crystal @ rotation.T
+    hkl, q_crystal, q2 = _hkl_grid(cell, round(detector.max_inverse_d(wavelength_a) + 0.005, 2))
+    # |k_out|^2 - k^2 = |q|^2 + 2 k q_z, and |q|^2 does not depend on the orientation: one
+    # dot product per reflection finds the few near the sphere (|s| ~ that / 2k).
+    near = np.abs(q2 + 2.0 * k * (q_crystal @ rotation[2])) < 2.0 * k * 2.6 * _EXCITATION_SIGMA
+    hkl = hkl[near]
+    q = q_crystal[near] @ rotation.T
     kout = q + np.array([0.0, 0.0, k])
     excitation = np.linalg.norm(kout, axis=1) - k
     near = np.abs(excitation) < 2.5 * _EXCITATION_SIGMA
@@ -291,7 +296,7 @@ def simulate_event(
     )
     if max_spots is not None:
         spots = spots[:max_spots]
-    h, w = panel_shape
+    w = panel_shape[1]
     idx = np.array([s[0] for s in spots], dtype=np.int64)
     pix = [(s[2], s[3]) for s in spots]
     module = np.array([s[1] for s in spots], dtype=np.int32)
