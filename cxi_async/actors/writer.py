@@ -24,6 +24,7 @@ from cxi_async.finding import Layouts
 from cxi_async.geometry import SlabLayout, write_slab_geom
 from cxi_async.lattice import REPLAY_CELL_FILE, UnitCell, write_cell_file
 from cxi_async.messages import Ack, BatchResult
+from cxi_async.runstats import STATS_KEY, PeakStats
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class Writer:
         self.bytes_written = 0
         self.write_seconds = 0.0
         self.failures = 0
+        self.peak_stats: PeakStats | None = None  # made at the first file (needs its layout)
         self.failing_since: float | None = None
         self.residue: set[Path] = set()  # .inprogress files a failed write could not remove
         self.attrs = {
@@ -137,6 +139,7 @@ class Writer:
             "write_failures": self.failures,
             "failing": self.failing_since is not None,
             "node_id": ray.get_runtime_context().get_node_id(),  # placement (multi-node)
+            STATS_KEY: None if self.peak_stats is None else self.peak_stats.to_dict(),
         }
 
     async def written_files(self) -> list[dict]:
@@ -391,10 +394,22 @@ class Writer:
         self.files.append({"path": str(path), "events": len(batch.events), "bytes": size})
         self.events_written += len(batch.events)
         self.bytes_written += size
+        self._count_peaks(batch)
         self.write_seconds += seconds
         log.debug(
             "wrote %s (%d events, %.1f MB, %.2f s)", path, len(batch.events), size / 1e6, seconds
         )
+
+    def _count_peaks(self, batch: FileBatch) -> None:
+        """Hit-finding numbers for status.json and the report (runstats); never fails a write."""
+        try:
+            if self.peak_stats is None:
+                first = batch.events[0]
+                layout = self.layouts.for_shape(first.num_panels, *first.panel_shape)
+                self.peak_stats = PeakStats.for_run(self.config.geometry.geom_file, layout)
+            self.peak_stats.add_events(e.event for e in batch.events)
+        except Exception:
+            log.exception("writer %d: could not count the peaks of a file", self.index)
 
     async def _send_acks(self, acks: list[Ack]) -> None:
         if acks:
