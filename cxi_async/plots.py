@@ -143,9 +143,8 @@ def _peakogram(plt: Any, section: dict, label: str, final: dict, config: dict) -
     x = np.linspace(0, gram["inv_d_max"], counts.shape[0] + 1)
     y = np.linspace(lo, hi, counts.shape[1] + 1)
     fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
-    shown = np.ma.masked_equal(counts.T, 0)
-    mesh = ax.pcolormesh(x, y, np.ma.log10(shown), cmap="viridis", shading="flat")
-    fig.colorbar(mesh, ax=ax, label="log10(peaks)")
+    mesh = ax.pcolormesh(x, y, np.ma.masked_equal(counts.T, 0), cmap="viridis", norm=_norm(counts))
+    fig.colorbar(mesh, ax=ax, label="peaks per bin")
     used = np.nonzero(counts.sum(axis=1))[0]
     ax.set_xlim(0, min(gram["inv_d_max"], x[used[-1] + 1] * 1.05))
     ax.set_xlabel("resolution 1/d (1/Å)")
@@ -170,16 +169,16 @@ def _powder(plt: Any, section: dict, label: str, final: dict, config: dict) -> A
     x0, y0 = powder["origin_px"]
     ny, nx = counts.shape
     fig, ax = plt.subplots(figsize=(6.5, 6), layout="constrained")
-    shown = np.ma.masked_equal(counts, 0)
     image = ax.imshow(
-        np.ma.log10(shown),
+        np.ma.masked_equal(counts, 0),
         origin="lower",
         extent=(x0, x0 + nx * b, y0, y0 + ny * b),
         cmap="inferno",
+        norm=_norm(counts),
         interpolation="nearest",
     )
     ax.set_facecolor("black")
-    fig.colorbar(image, ax=ax, shrink=0.8, label="log10(peaks per bin)")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="peaks per bin")
     ax.plot(0, 0, "+", color="cyan", ms=14, mew=1.5, label="beam (lab x = y = 0)")
     ax.set_xlabel("lab x (pixels)")
     ax.set_ylabel("lab y (pixels)")
@@ -187,6 +186,13 @@ def _powder(plt: Any, section: dict, label: str, final: dict, config: dict) -> A
     ax.set_title(f"Virtual powder pattern, {label}{layout}\n{int(counts.sum())} peaks, {b}-px bins")
     ax.legend(loc="upper right", fontsize=8)
     return fig
+
+
+def _norm(counts: np.ndarray) -> Any:
+    """Log colours that show a bin with one peak (not the colour of an empty bin)."""
+    from matplotlib.colors import LogNorm
+
+    return LogNorm(vmin=0.5, vmax=max(2.0, float(counts.max())))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
