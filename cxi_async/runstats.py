@@ -131,18 +131,23 @@ class PeakStats:
         y = np.clip(((log_i - lo) / (hi - lo) * LOG_I_BINS).astype(np.int64), 0, LOG_I_BINS - 1)
         np.add.at(self.peakogram, (x, y), 1)
 
-    def to_dict(self) -> dict[str, Any]:
-        """What the writer's stats carry: small numbers and the numpy histograms."""
-        return {
+    def to_dict(self, histograms: bool = True) -> dict[str, Any]:
+        """What the writer's stats carry: the live numbers, and with ``histograms`` the
+        numpy histograms too (only for the report: the stats are polled every second)."""
+        out: dict[str, Any] = {
             "frames": self.frames,
             "peaks": self.peaks,
-            "peaks_per_frame": self.peaks_per_frame.copy(),
-            "peakogram": self.peakogram.copy() if self.resolution else None,
-            "powder": self.powder.copy(),
-            "powder_origin_px": (self.x0, self.y0),
             "recent": list(self.recent),
             "resolution": self.resolution,
         }
+        if histograms:
+            out.update(
+                peaks_per_frame=self.peaks_per_frame.copy(),
+                peakogram=self.peakogram.copy() if self.resolution else None,
+                powder=self.powder.copy(),
+                powder_origin_px=(self.x0, self.y0),
+            )
+        return out
 
 
 def merge(parts: Iterable[Mapping[str, Any] | None]) -> dict[str, Any] | None:
@@ -150,22 +155,28 @@ def merge(parts: Iterable[Mapping[str, Any] | None]) -> dict[str, Any] | None:
     parts = [p for p in parts if p]
     if not parts:
         return None
+    recent = sorted(itertools.chain.from_iterable(p["recent"] for p in parts))[-RECENT_FRAMES:]
+    out: dict[str, Any] = {
+        "frames": sum(int(p["frames"]) for p in parts),
+        "peaks": sum(int(p["peaks"]) for p in parts),
+        "recent": recent,
+        "resolution": any(p.get("resolution") for p in parts),
+    }
+    full = [p for p in parts if "powder" in p]
+    if len(full) < len(parts):  # some writer sent its live numbers only
+        return out
     longest = max(len(p["peaks_per_frame"]) for p in parts)
     ppf = np.zeros(longest, dtype=np.int64)
     for p in parts:
         ppf[: len(p["peaks_per_frame"])] += np.asarray(p["peaks_per_frame"])
     peakograms = [np.asarray(p["peakogram"]) for p in parts if p.get("peakogram") is not None]
-    recent = sorted(itertools.chain.from_iterable(p["recent"] for p in parts))[-RECENT_FRAMES:]
-    return {
-        "frames": sum(int(p["frames"]) for p in parts),
-        "peaks": sum(int(p["peaks"]) for p in parts),
-        "peaks_per_frame": ppf,
-        "peakogram": sum(peakograms[1:], peakograms[0]) if peakograms else None,
-        "powder": sum((np.asarray(p["powder"]) for p in parts[1:]), np.asarray(parts[0]["powder"])),
-        "powder_origin_px": tuple(parts[0]["powder_origin_px"]),
-        "recent": recent,
-        "resolution": any(p.get("resolution") for p in parts),
-    }
+    out.update(
+        peaks_per_frame=ppf,
+        peakogram=sum(peakograms[1:], peakograms[0]) if peakograms else None,
+        powder=sum((np.asarray(p["powder"]) for p in parts[1:]), np.asarray(parts[0]["powder"])),
+        powder_origin_px=tuple(parts[0]["powder_origin_px"]),
+    )
+    return out
 
 
 def _writer_parts(writers: Any) -> list[Mapping[str, Any]]:
@@ -221,12 +232,16 @@ def report_section(writers: Any, samples: Sequence[Mapping[str, Any]]) -> dict[s
     section: dict[str, Any] = {"hit_rate_over_time": hit_rate_over_time(samples)}
     if stats is None:
         return section
-    x0, y0 = stats["powder_origin_px"]
     section.update(
         frames=stats["frames"],
         peaks=stats["peaks"],
-        peaks_per_frame=[int(v) for v in np.trim_zeros(stats["peaks_per_frame"], "b")],
         resolution_a_recent=[d for _, _, d in stats["recent"]],
+    )
+    if "powder" not in stats:  # stopped without a drain: the writers kept their histograms
+        return section
+    x0, y0 = stats["powder_origin_px"]
+    section.update(
+        peaks_per_frame=[int(v) for v in np.trim_zeros(stats["peaks_per_frame"], "b")],
         peakogram=None
         if stats["peakogram"] is None
         else {

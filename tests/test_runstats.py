@@ -94,6 +94,9 @@ def test_merge_adds_writers_and_report_grids_round_trip() -> None:
         {"index": 0},
         {"index": 1},
     ]
+    live_only = merge([a.to_dict(histograms=False), b.to_dict()])  # a writer still running
+    assert live_only["frames"] == 3 and "powder" not in live_only
+    assert "powder" not in runstats.report_section([{"peak_stats": live_only}], [])
     live = runstats.live_fields(writers)
     assert live["peaks_per_frame_mean"] == pytest.approx(26 / 3)
     assert live["peaks_per_frame_recent_median"] == 7

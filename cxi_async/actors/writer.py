@@ -81,6 +81,7 @@ class Writer:
         self.write_seconds = 0.0
         self.failures = 0
         self.peak_stats: PeakStats | None = None  # made at the first file (needs its layout)
+        self.drained = False  # set by flush(): from then on stats() carry the histograms
         self.failing_since: float | None = None
         self.residue: set[Path] = set()  # .inprogress files a failed write could not remove
         self.attrs = {
@@ -124,6 +125,7 @@ class Writer:
         while self.inbox.qsize() or self.assembler.pending_events or self._writing:
             await asyncio.sleep(0.02)
         self.flush_requested = False
+        self.drained = True  # the drainer is stopping: its final stats go into the report
 
     async def stats(self) -> dict:
         return {
@@ -139,7 +141,9 @@ class Writer:
             "write_failures": self.failures,
             "failing": self.failing_since is not None,
             "node_id": ray.get_runtime_context().get_node_id(),  # placement (multi-node)
-            STATS_KEY: None if self.peak_stats is None else self.peak_stats.to_dict(),
+            STATS_KEY: None
+            if self.peak_stats is None
+            else self.peak_stats.to_dict(histograms=self.drained),  # histograms: for the report
         }
 
     async def written_files(self) -> list[dict]:
