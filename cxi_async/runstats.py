@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import statistics
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -45,7 +46,7 @@ INV_D_BINS = 100
 LOG_I_RANGE = (-1.0, 6.0)  # log10 of peakTotalIntensity
 LOG_I_BINS = 70
 POWDER_BIN_PX = 8  # lab-frame pixels per powder bin
-RECENT_FRAMES = 32  # frames whose numbers status.json shows
+RECENT_FRAMES = 32  # frames behind the live medians, and listed in the report
 OUTER_FRACTION = 0.05  # resolution estimate: the 1/d that only this share of peaks exceeds
 MIN_PEAKS_FOR_RESOLUTION = 5
 STATS_KEY = "peak_stats"  # where a writer's stats dict carries PeakStats.to_dict()
@@ -134,14 +135,22 @@ class PeakStats:
     def to_dict(self, histograms: bool = True) -> dict[str, Any]:
         """What the writer's stats carry: the live numbers, and with ``histograms`` the
         numpy histograms too (only for the report: the stats are polled every second)."""
+        # Five numbers: the drainer polls this every second (its memory test is strict).
+        last = self.recent[-1] if self.recent else (None, None, None)
+        resolutions = [d for _, _, d in self.recent if d is not None]
         out: dict[str, Any] = {
             "frames": self.frames,
             "peaks": self.peaks,
-            "recent": list(self.recent),
             "resolution": self.resolution,
+            "live": (
+                statistics.median(n for _, n, _ in self.recent) if self.recent else None,
+                statistics.median(resolutions) if resolutions else None,
+                *last,
+            ),
         }
         if histograms:
             out.update(
+                recent=[list(r) for r in self.recent],  # (unix time, peaks, resolution or None)
                 peaks_per_frame=self.peaks_per_frame.copy(),
                 peakogram=self.peakogram.copy() if self.resolution else None,
                 powder=self.powder.copy(),
@@ -155,16 +164,19 @@ def merge(parts: Iterable[Mapping[str, Any] | None]) -> dict[str, Any] | None:
     parts = [p for p in parts if p]
     if not parts:
         return None
-    recent = sorted(itertools.chain.from_iterable(p["recent"] for p in parts))[-RECENT_FRAMES:]
     out: dict[str, Any] = {
         "frames": sum(int(p["frames"]) for p in parts),
         "peaks": sum(int(p["peaks"]) for p in parts),
-        "recent": recent,
         "resolution": any(p.get("resolution") for p in parts),
+        # The live numbers of the writer that wrote last.
+        "live": max((tuple(p["live"]) for p in parts), key=lambda v: v[2] or 0.0),
     }
     full = [p for p in parts if "powder" in p]
     if len(full) < len(parts):  # some writer sent its live numbers only
         return out
+    out["recent"] = sorted(itertools.chain.from_iterable(p["recent"] for p in parts))[
+        -RECENT_FRAMES:
+    ]
     longest = max(len(p["peaks_per_frame"]) for p in parts)
     ppf = np.zeros(longest, dtype=np.int64)
     for p in parts:
@@ -188,13 +200,12 @@ def live_fields(writers: Any) -> dict[str, Any]:
     stats = merge(_writer_parts(writers))
     if stats is None or not stats["frames"]:
         return {}
-    recent = stats["recent"]
-    resolutions = [d for _, _, d in recent if d is not None]
+    peaks_median, resolution_median, t, n, d = stats["live"]
     return {
         "peaks_per_frame_mean": stats["peaks"] / stats["frames"],
-        "peaks_per_frame_recent_median": float(np.median([n for _, n, _ in recent])),
-        "resolution_a_recent_median": float(np.median(resolutions)) if resolutions else None,
-        "recent_frames": [{"t_unix": t, "peaks": n, "resolution_a": d} for t, n, d in recent[-10:]],
+        "peaks_per_frame_recent_median": peaks_median,
+        "resolution_a_recent_median": resolution_median,
+        "last_frame": {"t_unix": t, "peaks": n, "resolution_a": d},
     }
 
 
@@ -235,7 +246,7 @@ def report_section(writers: Any, samples: Sequence[Mapping[str, Any]]) -> dict[s
     section.update(
         frames=stats["frames"],
         peaks=stats["peaks"],
-        resolution_a_recent=[d for _, _, d in stats["recent"]],
+        resolution_a_recent=[d for _, _, d in stats.get("recent", [])],
     )
     if "powder" not in stats:  # stopped without a drain: the writers kept their histograms
         return section

@@ -99,8 +99,8 @@ def test_merge_adds_writers_and_report_grids_round_trip() -> None:
     assert "powder" not in runstats.report_section([{"peak_stats": live_only}], [])
     live = runstats.live_fields(writers)
     assert live["peaks_per_frame_mean"] == pytest.approx(26 / 3)
-    assert live["peaks_per_frame_recent_median"] == 7
-    assert len(live["recent_frames"]) == 3
+    assert live["peaks_per_frame_recent_median"] == 9.5  # writer b wrote last: 12 and 7
+    assert live["last_frame"]["peaks"] == 7
 
 
 def test_hit_rate_over_time_between_samples() -> None:
