@@ -531,10 +531,9 @@ async def run_repeat(args: argparse.Namespace, repeat: int, sampler: Sampler, fs
             result["startup_s"] = time.monotonic() - t
             result["prefilled_batches"] = 0
             sampler.mark(f"t0_{repeat}")
-            run_ref = pipeline.producer_run
             final = await pipeline.wait()
             sampler.mark(f"t1_{repeat}")
-            result["producer"] = await run_ref
+            result["producer"] = pipeline.replay_result
         result["file_times"] = _file_times(final.get("files_written", []))
     finally:
         if producer is not None:

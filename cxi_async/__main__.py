@@ -1,8 +1,8 @@
 """Command line: `python -m cxi_async [run] config.toml [--set key=value ...]`.
 
-Other commands (`check`, `status`, `health`) live in `cxi_async.commands`; this module parses
-arguments, sets up logging, runs the pipeline with a live progress line, stops it gracefully
-on Ctrl+C / SIGTERM (a second one aborts), and prints a summary table.
+Other commands (`check`, `status`, `health`, `stop`) live in `cxi_async.commands`; this module
+parses arguments, sets up logging, runs the pipeline with a live progress line, stops it gracefully
+on Ctrl+C / SIGTERM / SIGHUP (a second one aborts), and prints a summary table.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ EXIT_CONFIG = 2
 EXIT_START = 3
 EXIT_ABORTED = 130
 
-COMMANDS = ("run", "check", "status", "health")
+COMMANDS = ("run", "check", "status", "health", "stop")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "commands: run (default) | check [--pipeline-config pipeline.yaml] config.toml | "
-            "status config.toml | health config.toml | plot <report.json | output dir>. "
+            "status config.toml | health config.toml | stop config.toml | "
+            "plot <report.json | output dir>. "
             "`python -m cxi_async <command> --help` for each."
         ),
     )
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in COMMANDS and argv[0] != "run":
         from cxi_async import commands
 
-        return commands.main(argv[0], argv[1:])  # check, status, health
+        return commands.main(argv[0], argv[1:])  # check, status, health, stop
     if argv and argv[0] == "run":
         argv = argv[1:]
     args = build_parser().parse_args(argv)
@@ -94,11 +95,20 @@ async def run(config: Config) -> int:
 
     t0 = time.monotonic()
     try:
-        pipeline = await Pipeline.start(config)
+        pipeline = await Pipeline.start(config, attach=True)
     except PipelineError as exc:
         print(f"cxi_async: {exc}", file=sys.stderr)
         return EXIT_START
-    log.info("started in %.1f s; writing to %s", time.monotonic() - t0, pipeline.output_dir)
+    if pipeline.attached:
+        log.info(
+            "attached to the running pipeline for Q2 '%s' in namespace '%s' (started by "
+            "another driver); following it, writing to %s",
+            config.queue.name,
+            config.ray.namespace,
+            pipeline.output_dir,
+        )
+    else:
+        log.info("started in %.1f s; writing to %s", time.monotonic() - t0, pipeline.output_dir)
     signals = _SignalState(asyncio.get_running_loop())
     progress = asyncio.get_running_loop().create_task(_progress(pipeline, config))
     waiter = asyncio.ensure_future(pipeline.wait())
@@ -118,25 +128,52 @@ async def run(config: Config) -> int:
                 log.warning("%s again: aborting; batches in flight are not written", signals.name)
                 drain.cancel()
                 final = await pipeline.stop()
-                print(format_summary(final))
+                _print_summary(final)
                 return EXIT_ABORTED
         waiter.cancel()
     finally:
         progress.cancel()
         signals.restore()
-    print(format_summary(final))
-    return EXIT_OK
+    _print_summary(final)
+    return _exit_code(final)
+
+
+def _exit_code(final: dict) -> int:
+    """EXIT_FAILED when the run took batches but wrote or filtered none (e.g. all rejected)."""
+    from cxi_async.alarms import nothing_written
+
+    reason = nothing_written(final)
+    if reason is None:
+        return EXIT_OK
+    print(f"cxi_async: {reason}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _print_summary(final: dict) -> None:
+    """The summary table; after a hang-up the terminal may be gone (EIO), and the run's
+    outcome is in the report anyway, so that is no failure."""
+    try:
+        print(format_summary(final), flush=True)
+    except OSError:
+        log.warning("could not print the summary (the terminal is gone); see the run report")
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class _SignalState:
-    """SIGINT/SIGTERM: the first asks for a graceful stop, the second aborts."""
+    """SIGINT/SIGTERM/SIGHUP: the first asks for a graceful stop, the second aborts.
+
+    SIGHUP is what a closed terminal or SSH session sends: it stops like SIGTERM rather than
+    killing the driver with batches in flight.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.first = asyncio.Event()
         self.second = asyncio.Event()
         self.name = ""
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self._received, sig)
 
     def _received(self, sig: signal.Signals) -> None:
@@ -146,7 +183,7 @@ class _SignalState:
         self.first.set()
 
     def restore(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             self.loop.remove_signal_handler(sig)
 
 

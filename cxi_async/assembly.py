@@ -1,7 +1,7 @@
 """Which kept events go into which file, and when a delivery is finished.
 
 The writer actor's bookkeeping, without Ray or HDF5 so it can be tested exactly: events are
-deduplicated by (batch_id, event index), grouped into files of `events_per_file` (a file also
+deduplicated by (delivery id, event index), grouped into files of `events_per_file` (a file also
 closes on age, on request, when every credit is parked in it, or when the run changes: a file
 holds one run), and a delivery is acked once each of its kept events is in a renamed file.
 A failed file goes back to the front.
@@ -26,10 +26,11 @@ class PendingEvent:
     delivery_id: int
     batch_id: str
     event: EventPeaks
-    image: list[Any]  # [ObjectRef] shared by the events of a delivery, or []
+    image: list[Any]  # [the delivery's (B*C, 1, H, W) images], or [] without them
     num_panels: int
     panel_shape: tuple[int, int]
     images_missing: bool
+    pad_offset: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -49,8 +50,6 @@ class _DeliveryState:
     filtered: int = 0
     duplicates: int = 0
     num_events: int = 0
-    batch_id: str = ""
-    pending: set[int] = field(default_factory=set)  # event indices not yet in a written file
 
 
 @dataclass
@@ -68,7 +67,10 @@ class FileAssembler:
     retry: list[FileBatch] = field(default_factory=list)
     closed: list[FileBatch] = field(default_factory=list)  # closed early by a change of run
     deliveries: dict[int, _DeliveryState] = field(default_factory=dict)
-    seen: OrderedDict[str, set[int]] = field(default_factory=OrderedDict)
+    # Event indices of recent deliveries. The identity is cxi_async's own delivery id: the
+    # producer's batch ids restart with every job (and random ones collide), so two items
+    # with one batch id are two batches, both written.
+    seen: OrderedDict[int, set[int]] = field(default_factory=OrderedDict)
     duplicates: int = 0
     files_taken: int = 0
 
@@ -77,8 +79,8 @@ class FileAssembler:
         if result.delivery_id in self.deliveries:  # the same delivery sent twice
             self.duplicates += len(result.kept)
             return []
-        seen = self.seen.setdefault(result.batch_id, set())
-        self.seen.move_to_end(result.batch_id)
+        seen = self.seen.setdefault(result.delivery_id, set())
+        self.seen.move_to_end(result.delivery_id)
         while len(self.seen) > self.remember_batches:
             self.seen.popitem(last=False)
         fresh = [e for e in result.kept if e.event_index not in seen]
@@ -90,8 +92,6 @@ class FileAssembler:
             filtered=result.filtered,
             duplicates=dup,
             num_events=result.num_events,
-            batch_id=result.batch_id,
-            pending={e.event_index for e in fresh},
         )
         if not fresh:
             self.open_filtered += result.filtered
@@ -111,6 +111,7 @@ class FileAssembler:
                     result.num_panels,
                     tuple(result.panel_shape),
                     result.images_missing,
+                    tuple(result.pad_offset),
                 )
             )
         self.open_filtered += result.filtered  # counted in the file of the delivery's last run
@@ -172,7 +173,6 @@ class FileAssembler:
             state = self.deliveries[event.delivery_id]
             state.outstanding -= 1
             state.written += 1
-            state.pending.discard(event.event.event_index)
             if state.outstanding == 0:
                 acks.append(self._ack(event.delivery_id, self.deliveries.pop(event.delivery_id)))
         return acks
@@ -181,31 +181,6 @@ class FileAssembler:
         """Writing failed: keep the events and try the same file again first."""
         batch.attempts += 1
         bisect.insort(self.retry, batch, key=lambda b: b.order)
-
-    def drop_events(self, delivery_id: int, reason: str) -> Ack | None:
-        """Take a delivery's events out of every pending file (e.g. its image is gone)."""
-        state = self.deliveries.pop(delivery_id, None)
-        if state is None:
-            return None
-        rejected = state.outstanding
-        # never written: a later copy of the batch may still be written
-        self.seen.get(state.batch_id, set()).difference_update(state.pending)
-        self.open_events = [e for e in self.open_events if e.delivery_id != delivery_id]
-        if not self.open_events:
-            self.open_since = None
-        for batch in self.retry + self.closed:
-            batch.events = [e for e in batch.events if e.delivery_id != delivery_id]
-        self.retry = [b for b in self.retry if b.events]
-        self.closed = [b for b in self.closed if b.events]
-        return Ack(
-            delivery_id,
-            written=state.written,
-            filtered=state.filtered,
-            rejected=rejected,
-            duplicates=state.duplicates,
-            reason=reason,
-            num_events=state.num_events,
-        )
 
     @property
     def pending_events(self) -> int:

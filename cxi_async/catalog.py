@@ -1,8 +1,10 @@
 """The side files beside the CXI files: file and event lists, live status, run report.
 
-A crystallographer points CrystFEL at the output directory while the run goes on, so every
-side file is replaced atomically (written to a hidden temporary file in the same directory,
-then ``os.replace``): a reader sees the old or the new content, never half of it.
+A crystallographer points CrystFEL at the output directory while the run goes on. The two
+lists only grow: a finished file's lines are appended in one ``write`` (whole lines, fsync'd
+with ``output.fsync``), so a reader sees a prefix of whole lines, and a restart cuts a torn
+last line. status.json and the report are replaced atomically (written to a hidden temporary
+file in the same directory, then ``os.replace``): a reader sees the old or the new content.
 
 - ``files.lst``: the finished ``.cxi`` files (absolute paths, in the order they finished).
 - ``events.lst``: one line per kept frame, ``<path> //<i>``, for ``indexamajig -i events.lst``.
@@ -25,14 +27,17 @@ No Ray here: the drainer calls this (from a worker thread: every method takes a 
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +45,8 @@ from typing import Any
 
 import cxi_async
 from cxi_async import runstats
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "EVENTS_LIST",
@@ -146,6 +153,114 @@ def atomic_write(path: Path, chunks: Iterable[str], fsync: bool = False) -> None
         _fsync_dir(path.parent)
 
 
+def _digest(path: str) -> bytes:
+    """16 bytes that stand for a listed path (what dedup keeps instead of the path)."""
+    return hashlib.blake2b(path.encode(), digest_size=16).digest()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _append(path: Path, data: bytes, fsync: bool) -> None:
+    """Append whole lines to ``path``; on failure cut it back to its earlier size."""
+    created = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # 0666 less the umask
+    try:
+        before = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if fsync:
+                os.fsync(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, before)
+            raise
+    finally:
+        os.close(fd)
+    if fsync and created:
+        _fsync_dir(path.parent)
+
+
+def _cut_torn_line(path: Path) -> None:
+    """Cut a last line without its newline (a crash in mid-append) from ``path``."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return
+    try:
+        end = os.fstat(fd).st_size
+        pos = end
+        while pos > 0:
+            start = max(0, pos - 4096)
+            chunk = os.pread(fd, pos - start, start)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                pos = start + newline + 1
+                break
+            pos = start
+        if pos < end:
+            log.warning("%s: cut a torn last line (%d bytes) left by a crash", path, end - pos)
+            os.ftruncate(fd, pos)
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _raw_lines(path: Path, offset: int = 0) -> Iterator[bytes]:
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 (a generator: closed by the with below)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise CatalogError(f"cannot read {path} to continue it: {exc}.") from None
+    with fh:
+        fh.seek(offset)
+        yield from fh
+
+
+def _decode(raw: bytes, path: Path) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        raise CatalogError(f"cannot read {path} to continue it: {exc}.") from None
+
+
+def _lines(path: Path, offset: int = 0) -> Iterator[str]:
+    """The non-blank lines of ``path`` from byte ``offset``, one at a time."""
+    for raw in _raw_lines(path, offset):
+        line = _decode(raw, path).rstrip("\n")
+        if line.strip():
+            yield line
+
+
+def _last_line(path: Path) -> str | None:
+    """The last line of ``path`` (read from its end), or None."""
+    try:
+        with open(path, "rb") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, end - 2 * MAX_LINE - 4))
+            tail = fh.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    except FileNotFoundError:
+        return None
+    return tail.decode(errors="replace") or None
+
+
+def _read_entries(
+    files: Path, events: Path, files_from: int = 0, events_from: int = 0
+) -> list[FileEntry]:
+    """The files listed after byte ``files_from`` with their events after ``events_from``."""
+    counts: collections.Counter[str] = collections.Counter(
+        line.rpartition(" ")[0] for line in _lines(events, events_from)
+    )
+    return [FileEntry(p, counts.get(p, 0)) for p in _lines(files, files_from)]
+
+
 def _iso(unix: float | None) -> str | None:
     if unix is None:
         return None
@@ -198,9 +313,11 @@ def _inboxes(actors: Any) -> list[int | None]:
 class Catalog:
     """Keeps files.lst, events.lst, status.json and the run report of one output directory.
 
-    The lists are kept in memory and rewritten whole (atomically) when they change, at most
-    once per ``min_interval_s`` (0: on every :meth:`add_file`); :meth:`flush` writes them now.
-    Existing lists are loaded at start, so a restart in the same directory continues them.
+    The lists are append-only: a finished file's lines are appended (``O_APPEND``, fsync'd with
+    ``fsync``), at most once per ``min_interval_s`` (0: on every :meth:`add_file`);
+    :meth:`flush` appends what is held back now. Appending costs the same for the 100,000th
+    file as for the first, and memory holds a 16-byte digest per listed file, never the lines.
+    Existing lists are continued; see :meth:`_load` for what a crash can leave and how it is cut.
     """
 
     def __init__(
@@ -238,31 +355,43 @@ class Catalog:
         self.status_path = self.output_dir / STATUS_FILE
         self.report_path = self.output_dir / report_name(prefix, run_label)
         self._lock = threading.RLock()
-        self._entries: list[FileEntry] = []
-        self._chunks: list[str] = []  # events.lst text of each entry, same order
-        self._known: set[str] = set()
-        self._run_entries: list[FileEntry] = []  # added by this catalog (this run)
+        self._known: set[bytes] = set()  # digests of listed (or pending) paths
+        self._listed = 0  # files in files.lst, including pending ones
+        self._pending: list[FileEntry] = []  # held back by min_interval_s or a failed append
+        self._batch: list[tuple[Path, bytes]] = []  # appends of a batch not yet all done
         self._samples: list[dict[str, Any]] = []
         self._last_status: tuple[float, int] | None = None  # (elapsed_s, processed)
         self._recent: float | None = None  # events/s between the last two status updates
-        self._dirty = False
-        self._dirty_runs: set[Path] = set()  # run sub-directories whose own lists are stale
         self._last_write = -math.inf
         self._load()
+        # Where this run's lines begin: the report lists the files after these offsets.
+        self._run_start = (_size(self.files_path), _size(self.events_path))
 
     # ------------------------------------------------------------------ lists
 
     @property
     def entries(self) -> list[FileEntry]:
-        """Every listed file (earlier runs in this directory first), in finishing order."""
+        """Every listed file (earlier runs first), in finishing order; read from the lists."""
         with self._lock:
-            return list(self._entries)
+            self._flush_lists(force=True)
+            return _read_entries(self.files_path, self.events_path)
 
     @property
     def run_entries(self) -> list[FileEntry]:
-        """Files added by this catalog, i.e. written by this run."""
+        """Files added by this catalog, i.e. written by this run; read from the lists."""
         with self._lock:
-            return list(self._run_entries)
+            self._flush_lists(force=True)
+            return _read_entries(self.files_path, self.events_path, *self._run_start)
+
+    def is_listed(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` (made absolute) is in files.lst or waiting to be appended."""
+        with self._lock:
+            return _digest(os.path.abspath(os.fspath(path))) in self._known
+
+    @property
+    def files_listed(self) -> int:
+        with self._lock:
+            return self._listed
 
     def add_file(self, path: str | os.PathLike[str], n_events: int) -> bool:
         """List a finished (renamed) CXI file with ``n_events`` frames; False if already listed.
@@ -291,19 +420,131 @@ class Catalog:
                 f"refusing to list {text}: it does not exist (only finished CXI files are listed)."
             )
         with self._lock:
-            if text in self._known:
+            key = _digest(text)
+            if key in self._known:
                 return False
-            entry = FileEntry(text, n_events)
-            self._append(entry)
-            self._run_entries.append(entry)
-            self._dirty = True
+            self._known.add(key)
+            self._listed += 1
+            self._pending.append(FileEntry(text, n_events))
             self._flush_lists(force=False)
         return True
 
     def flush(self) -> None:
-        """Write the lists now if they changed since they were last written."""
+        """Append the lines held back (by ``min_interval_s`` or a failed append) now."""
         with self._lock:
             self._flush_lists(force=True)
+
+    def _flush_lists(self, force: bool) -> None:
+        if not self._pending and not self._batch:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_write < self.min_interval_s:
+            return
+        if not self._batch:
+            self._batch = self._appends(self._pending)
+            self._pending = []
+        # In order; a failed append is cut back and retried (from that one) by the next call.
+        while self._batch:
+            path, data = self._batch[0]
+            try:
+                _append(path, data, self.fsync)
+            except OSError as exc:
+                raise CatalogError(
+                    f"could not append to {path}: {exc.strerror or exc}; it keeps its earlier "
+                    "lines and the next update retries."
+                ) from exc
+            self._batch.pop(0)
+        self._last_write = now
+
+    def _appends(self, entries: list[FileEntry]) -> list[tuple[Path, bytes]]:
+        """The appends that list ``entries``: events.lst before files.lst, whole lists first.
+
+        files.lst is the commit record: lines in events.lst of a file files.lst does not name
+        are cut on load (a crash between the two), and a run's lists follow the whole ones.
+        """
+        steps = [
+            (self.events_path, "".join(event_lines(e.path, e.events) for e in entries)),
+            (self.files_path, "".join(f"{e.path}\n" for e in entries)),
+        ]
+        runs: dict[Path, list[FileEntry]] = {}
+        for e in entries:
+            parent = Path(e.path).parent
+            if parent.parent == self.output_dir:  # <output_dir>/<run>/: that run gets lists too
+                runs.setdefault(parent, []).append(e)
+        for directory, mine in sorted(runs.items()):
+            steps.append(
+                (directory / EVENTS_LIST, "".join(event_lines(e.path, e.events) for e in mine))
+            )
+            steps.append((directory / FILES_LIST, "".join(f"{e.path}\n" for e in mine)))
+        return [(path, text.encode()) for path, text in steps if text]
+
+    def _load(self) -> None:
+        """Continue the lists of an earlier run, cutting what a crash left half-done.
+
+        A torn last line (no newline) is cut from either list; events.lst lines after the
+        last file files.lst names are cut too (that file's count may be incomplete: the
+        drainer lists such a file again from its CXI content). A run directory whose own
+        lists do not end with its last listed file gets them rebuilt from the whole ones.
+        """
+        _cut_torn_line(self.files_path)
+        _cut_torn_line(self.events_path)
+        last_file: dict[Path, str] = {}  # run directory -> its last listed file
+        for line in _lines(self.files_path):
+            self._known.add(_digest(line))
+            self._listed += 1
+            parent = Path(line).parent
+            if parent.parent == self.output_dir:
+                last_file[parent] = line
+        last_event: dict[Path, str] = {}  # run directory -> its last file with events
+        committed = 0  # byte offset after the last line of a listed file
+        offset = 0
+        previous, listed, path, run = b"", False, "", None
+        for number, raw in enumerate(_raw_lines(self.events_path), 1):
+            offset += len(raw)
+            head, sep, event = raw.rpartition(b" ")
+            if not sep or not event.startswith(b"//"):
+                line = _decode(raw, self.events_path).rstrip("\n")
+                raise CatalogError(
+                    f"{self.events_path} line {number} ({line!r}) is not '<path> //<frame>'; "
+                    "fix or remove the file before restarting in this directory."
+                )
+            if head != previous:  # a file's lines are consecutive: one digest per file
+                previous = head
+                path = _decode(head, self.events_path)
+                listed = _digest(path) in self._known
+                parent = Path(path).parent
+                run = parent if parent.parent == self.output_dir else None
+            if listed:
+                committed = offset
+                if run is not None:
+                    last_event[run] = path
+        if committed < offset:
+            os.truncate(self.events_path, committed)
+        for directory, path in last_file.items():
+            self._check_run_lists(directory, path, last_event.get(directory))
+
+    def _check_run_lists(self, directory: Path, last: str, last_with_events: str | None) -> None:
+        """Rebuild a run's lists from the whole ones if they do not end where they should."""
+        files, events = directory / FILES_LIST, directory / EVENTS_LIST
+        for path in (files, events):
+            _cut_torn_line(path)
+        end_event = _last_line(events)
+        if (
+            _last_line(files) == last
+            and (end_event.rpartition(" ")[0] if end_event else None) == last_with_events
+        ):
+            return
+
+        def mine(path: Path, key: Any) -> Iterable[str]:
+            for line in _lines(path):
+                if Path(key(line)).parent == directory:
+                    yield f"{line}\n"
+
+        try:
+            atomic_write(events, mine(self.events_path, lambda s: s.rpartition(" ")[0]), self.fsync)
+            atomic_write(files, mine(self.files_path, lambda s: s), self.fsync)
+        except OSError as exc:
+            raise CatalogError(f"could not rebuild the lists of {directory}: {exc}") from exc
 
     def _write(self, path: Path, chunks: Iterable[str]) -> None:
         try:
@@ -313,66 +554,6 @@ class Catalog:
                 f"could not write {path}: {exc.strerror or exc}; its previous version is intact "
                 "and the next update retries."
             ) from exc
-
-    def _append(self, entry: FileEntry) -> None:
-        self._entries.append(entry)
-        self._chunks.append(event_lines(entry.path, entry.events))
-        self._known.add(entry.path)
-        parent = Path(entry.path).parent
-        if parent.parent == self.output_dir:  # <output_dir>/<run>/: that run gets lists too
-            self._dirty_runs.add(parent)
-
-    def _flush_lists(self, force: bool) -> None:
-        if not self._dirty and not self._dirty_runs:
-            return
-        now = time.monotonic()
-        if not force and now - self._last_write < self.min_interval_s:
-            return
-        # events.lst first: after a crash between the two, loading recovers files.lst from it.
-        if self._dirty:
-            self._write(self.events_path, self._chunks)
-            self._write(self.files_path, (f"{e.path}\n" for e in self._entries))
-            self._dirty = False
-        for directory in sorted(self._dirty_runs):
-            # A run's own lists, derived from the whole ones, for `indexamajig -i <run>/...`.
-            mine = [i for i, e in enumerate(self._entries) if Path(e.path).parent == directory]
-            self._write(directory / EVENTS_LIST, (self._chunks[i] for i in mine))
-            self._write(directory / FILES_LIST, (f"{self._entries[i].path}\n" for i in mine))
-            self._dirty_runs.discard(directory)
-        self._last_write = now
-
-    def _load(self) -> None:
-        """Continue the lists of an earlier run; reconcile them if a crash split them."""
-        listed = self._read_lines(self.files_path)
-        counts: dict[str, int] = {}
-        order: list[str] = []
-        for number, line in enumerate(self._read_lines(self.events_path), 1):
-            path, sep, event = line.rpartition(" ")
-            if not sep or not event.startswith("//"):
-                raise CatalogError(
-                    f"{self.events_path} line {number} ({line!r}) is not '<path> //<frame>'; "
-                    "fix or remove the file before restarting in this directory."
-                )
-            if path not in counts:
-                counts[path] = 0
-                order.append(path)
-            counts[path] += 1
-        seen: set[str] = set()
-        for path in [*listed, *order]:
-            if path not in seen:
-                seen.add(path)
-                self._append(FileEntry(path, counts.get(path, 0)))
-        self._dirty = len(self._entries) != len(listed)
-
-    @staticmethod
-    def _read_lines(path: Path) -> list[str]:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return []
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CatalogError(f"cannot read {path} to continue it: {exc}.") from None
-        return [line for line in text.splitlines() if line.strip()]
 
     # ------------------------------------------------------------------ status and samples
 
@@ -423,7 +604,7 @@ class Catalog:
                     self._recent = (processed - last[1]) / (elapsed - last[0])
                 self._last_status = (elapsed, processed)
             recent = self._recent  # the same stats again (the final status) keep the last rate
-            listed = len(self._entries)
+            listed = self._listed
         started = stats.get("started_at")
         if finished:
             state = "stopped"
@@ -440,6 +621,7 @@ class Catalog:
             "events_filtered": filtered,
             "events_rejected": int(stats.get("events_rejected", 0)),
             "events_duplicate": int(stats.get("events_duplicate", 0)),
+            "events_without_image": int(stats.get("events_without_image", 0)),
             "hit_rate": hit_rate(kept, filtered),
             "files": int(stats.get("files", 0)),
             "files_listed": listed,
@@ -449,6 +631,8 @@ class Catalog:
             "credits_in_use": stats.get("credits_in_use"),
             "credits": stats.get("credits"),
             "q2_depth": stats.get("q2_depth"),
+            "q2_full": bool(stats.get("q2_full", False)),  # the producer drops what it puts
+            "q2_full_seconds": float(stats.get("q2_full_seconds", 0.0)),
             "latency_p50_s": stats.get("latency_p50_s"),
             "latency_p99_s": stats.get("latency_p99_s"),
             "elapsed_s": elapsed,
@@ -510,7 +694,7 @@ class Catalog:
                 "stats": stats,
                 "sample_interval_s": self.sample_interval_s,
                 "samples": samples,
-                "files": [{"path": e.path, "events": e.events} for e in self._run_entries],
+                "files": [{"path": e.path, "events": e.events} for e in self.run_entries],
                 "crystallography": crystallography,  # what `python -m cxi_async plot` draws
             }
             self._write(self.report_path, [_dump_json(report)])
@@ -518,9 +702,7 @@ class Catalog:
 
     def _adopt(self, files_written: Iterable[Mapping[str, Any]]) -> None:
         """Files a writer finished but that never reached add_file (in sequence order)."""
-        missing = [
-            f for f in files_written if os.path.abspath(str(f.get("path", ""))) not in self._known
-        ]
+        missing = [f for f in files_written if not self.is_listed(str(f.get("path", "")))]
         for f in sorted(missing, key=lambda f: os.path.basename(str(f.get("path", "")))):
             with contextlib.suppress(CatalogError):  # gone or odd: the report still has counts
                 self.add_file(str(f["path"]), int(f.get("events", 0)))

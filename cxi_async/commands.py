@@ -1,9 +1,12 @@
-"""Commands besides `run`: check, status, health (see `python -m cxi_async <command> --help`).
+"""Commands besides `run`: check, status, health, stop (see `python -m cxi_async <command> --help`).
 
-- `check` validates a configuration without Ray: the settings, the geometry, the output
-  directory and, with `--pipeline-config`, the settings the producer's YAML must share.
+- `check` validates a configuration: the settings, the geometry, the output directory,
+  whether the producer's item classes import where the finders run (real or cxi_async's
+  stand-ins; asked of the cluster only when ray.address is set) and, with
+  `--pipeline-config`, the settings the producer's YAML must share.
 - `status` attaches to the running pipeline's Ray cluster and prints the drainer's stats.
 - `health` does the same and answers with an exit code, for cron jobs and probes.
+- `stop` attaches the same way and drains and stops the pipeline, driver or not.
 
 Exit codes: 0 fine, 1 a mismatch / no pipeline / unhealthy, 2 a configuration error.
 """
@@ -11,10 +14,11 @@ Exit codes: 0 fine, 1 a mismatch / no pipeline / unhealthy, 2 a configuration er
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from cxi_async.config import Config, ConfigError, load_config
@@ -25,6 +29,7 @@ EXIT_CONFIG = 2
 
 STATS_TIMEOUT_S = 15.0
 PROBE_TIMEOUT_S = 5.0
+PROBE_ACTOR_TIMEOUT_S = 60.0
 DEFAULT_STALL_S = 60.0
 
 
@@ -42,10 +47,15 @@ def build_parser(command: str) -> argparse.ArgumentParser:
             "anything; with --pipeline-config also compare it with the producer's YAML."
         ),
         "status": "Print the running pipeline's progress and counts (from its drainer actor).",
+        "stop": (
+            "Drain and stop the running pipeline (whether or not a driver still follows it): "
+            "finish and write every batch in flight, write the report, print the summary."
+        ),
         "health": (
             "Exit 0 when the running pipeline is healthy, 1 with one sentence when it is not: "
             "unreachable, a finder, writer or Q2 shard that does not answer, a writer that "
-            "cannot write, or stalled with every credit in use."
+            "cannot write, Q2 full, most recent batches rejected, or stalled with every "
+            "credit in use."
         ),
     }
     parser = argparse.ArgumentParser(
@@ -108,6 +118,8 @@ def main(command: str, argv: Sequence[str]) -> int:
         return check(config, args.config, args.pipeline_config)
     if command == "status":
         return status(config, as_json=args.json)
+    if command == "stop":
+        return stop(config)
     return health(config, stall_s=args.stall_s)
 
 
@@ -156,6 +168,8 @@ def check(config: Config, config_path: str, pipeline_config: str | None = None) 
         f"namespace '{rc.namespace}', on {where}"
     )
 
+    _print_producer_classes(config)
+
     if pipeline_config is not None:
         try:
             checks = check_producer_config(config, pipeline_config)
@@ -173,6 +187,80 @@ def check(config: Config, config_path: str, pipeline_config: str | None = None) 
             )
         ok = ok and not wrong
     return EXIT_OK if ok else EXIT_FAILED
+
+
+def _print_producer_classes(config: Config) -> None:
+    """Say which classes the finders unpickle Q2 items with (a finder without any rejects all)."""
+    try:
+        classes = producer_classes_where_finders_run(config)
+    except PipelineNotReachable as exc:
+        print(f"Q2 items: not verified where the finders run: {exc}")
+        return
+    print(f"Q2 items: the finders read them with {classes.line()}")
+
+
+class _ClassesProbe:
+    """A throwaway actor with the finders' options: which producer classes import there."""
+
+    def classes(self) -> Any:
+        from cxi_async.upstream import ensure_producer_classes
+
+        return ensure_producer_classes()
+
+
+def producer_classes_where_finders_run(
+    config: Config, timeout_s: float = PROBE_ACTOR_TIMEOUT_S
+) -> Any:
+    """The `upstream.ProducerClasses` of a process placed like a finder.
+
+    With a local Ray (no ray.address, not connected) the finders are started from this
+    environment, so this process answers. Otherwise a probe actor with the finders' options
+    answers from the cluster; PipelineNotReachable when none can be asked.
+    """
+    import ray
+
+    from cxi_async.placement import actor_options
+    from cxi_async.upstream import ensure_producer_classes
+
+    if not ray.is_initialized() and config.ray.address is None:
+        return ensure_producer_classes()
+    connected_here = False
+    if not ray.is_initialized():
+        from cxi_async.pipeline import address_unreachable
+
+        reason = address_unreachable(config.ray.address, PROBE_TIMEOUT_S)
+        if reason is not None:
+            raise PipelineNotReachable(
+                f"nothing answers at ray.address = {config.ray.address} ({reason})"
+            )
+        try:
+            ray.init(
+                address=config.ray.address,
+                namespace=config.ray.namespace,
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+            )
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise PipelineNotReachable(
+                f"could not connect to Ray at ray.address = {config.ray.address}: "
+                f"{_first_line(exc)}"
+            ) from None
+        connected_here = True
+    try:
+        options = actor_options(config, "finder")
+        probe = ray.remote(_ClassesProbe).options(**options, max_restarts=0).remote()
+        try:
+            return ray.get(probe.classes.remote(), timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise PipelineNotReachable(
+                f"no node started an actor with the finders' options within {timeout_s:g} s "
+                "(processing.finder_num_cpus, placement.finder_resources / label selector)"
+            ) from None
+        finally:
+            ray.kill(probe)
+    finally:
+        if connected_here:
+            ray.shutdown()
 
 
 def _layout_text(layout: Any) -> str:
@@ -205,42 +293,48 @@ def _sentence(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- status / health
 
 
+@contextlib.contextmanager
+def _attached(config: Config) -> Iterator[None]:
+    """Attach to the pipeline's Ray cluster (if not attached); disconnect again after, when
+    it was this call that connected. Raises PipelineNotReachable with the sentence to show."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = config.ray.address or "auto"
+    _probe(config, address)
+    try:
+        ray.init(
+            address=address,
+            namespace=config.ray.namespace,
+            log_to_driver=False,
+            logging_level=logging.ERROR,  # not the token-auth notice on every call
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        if config.ray.address:
+            why = f"could not connect to Ray at ray.address = {address}: {_first_line(exc)}"
+        else:
+            why = (
+                "there is no Ray cluster on this host (ray.address is not set, so "
+                "cxi_async looked for a local one)"
+            )
+        raise PipelineNotReachable(
+            f"no cxi_async pipeline for Q2 '{config.queue.name}' is running: {why}"
+        ) from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 def fetch_stats(config: Config, timeout_s: float = STATS_TIMEOUT_S) -> dict:
     """Attach to the pipeline's Ray cluster (if not attached), ask the drainer for stats.
 
-    Raises PipelineNotReachable with the sentence to show. Disconnects again when it was
-    this call that connected.
+    Raises PipelineNotReachable with the sentence to show.
     """
-    import ray
-
-    connected_here = False
-    if not ray.is_initialized():
-        address = config.ray.address or "auto"
-        _probe(config, address)
-        try:
-            ray.init(
-                address=address,
-                namespace=config.ray.namespace,
-                log_to_driver=False,
-                logging_level=logging.ERROR,  # not the token-auth notice on every call
-            )
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            if config.ray.address:
-                why = f"could not connect to Ray at ray.address = {address}: {_first_line(exc)}"
-            else:
-                why = (
-                    "there is no Ray cluster on this host (ray.address is not set, so "
-                    "cxi_async looked for a local one)"
-                )
-            raise PipelineNotReachable(
-                f"no cxi_async pipeline for Q2 '{config.queue.name}' is running: {why}"
-            ) from None
-        connected_here = True
-    try:
+    with _attached(config):
         return _ask_drainer(config, timeout_s)
-    finally:
-        if connected_here:
-            ray.shutdown()
 
 
 def _probe(config: Config, address: str) -> None:
@@ -255,7 +349,7 @@ def _probe(config: Config, address: str) -> None:
         )
 
 
-def _ask_drainer(config: Config, timeout_s: float) -> dict:
+def _get_drainer(config: Config) -> Any:
     import ray
 
     from cxi_async.pipeline import drainer_name
@@ -263,12 +357,22 @@ def _ask_drainer(config: Config, timeout_s: float) -> dict:
     name = drainer_name(config)
     namespace = config.ray.namespace
     try:
-        drainer = ray.get_actor(name, namespace=namespace)
+        return ray.get_actor(name, namespace=namespace)
     except ValueError:
         raise PipelineNotReachable(
             f"no cxi_async pipeline for Q2 '{config.queue.name}' is running in namespace "
             f"'{namespace}'{_elsewhere(name, namespace)}"
         ) from None
+
+
+def _ask_drainer(config: Config, timeout_s: float) -> dict:
+    import ray
+
+    from cxi_async.pipeline import drainer_name
+
+    name = drainer_name(config)
+    namespace = config.ray.namespace
+    drainer = _get_drainer(config)
     try:
         return ray.get(drainer.stats.remote(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
@@ -325,6 +429,30 @@ def status(config: Config, *, as_json: bool = False) -> int:
     return EXIT_OK
 
 
+def stop(config: Config) -> int:
+    """Drain and stop the pipeline (no driver needed), then free its coordinator's name."""
+    import ray
+
+    from cxi_async.summary import format_summary
+
+    try:
+        with _attached(config):
+            drainer = _get_drainer(config)
+            try:
+                final = ray.get(drainer.drain_and_stop.remote("asked to drain and stop (stop)"))
+            except ray.exceptions.RayActorError:
+                raise PipelineNotReachable(
+                    f"the cxi_async drainer of Q2 '{config.queue.name}' died while stopping; "
+                    "what it renamed is listed, what was in flight is still in no file"
+                ) from None
+            ray.kill(drainer)
+    except PipelineNotReachable as exc:
+        _error(str(exc))
+        return EXIT_FAILED
+    print(format_summary(final))
+    return EXIT_OK
+
+
 def health(config: Config, *, stall_s: float = DEFAULT_STALL_S) -> int:
     try:
         stats = fetch_stats(config)
@@ -340,7 +468,8 @@ def assess_health(stats: dict, stall_s: float) -> tuple[bool, str]:
     """(healthy, one sentence) from one drainer stats dict.
 
     Unhealthy: a finder or writer that does not answer (`{"dead": True}`), a writer whose
-    writes keep failing, a Q2 shard that does not answer, or a stall: every credit in use
+    writes keep failing, a Q2 shard that does not answer, Q2 full (the producer drops
+    batches), more than half of the last 50 batches rejected, or a stall: every credit in use
     and no batch finished for `stall_s` (from the drainer's `seconds_since_last_ack`).
     """
     problems: list[str] = []
@@ -355,6 +484,7 @@ def assess_health(stats: dict, stall_s: float) -> tuple[bool, str]:
     shards = list(stats.get("dead_shards") or [])
     if shards:
         problems.append(f"{_count('Q2 shard', shards)} {_do(shards)} not answer")
+    problems += _loss_problems(stats)
 
     in_use, credits = stats.get("credits_in_use", 0), stats.get("credits", 0)
     since = stats.get("seconds_since_last_ack")
@@ -380,6 +510,13 @@ def assess_health(stats: dict, stall_s: float) -> tuple[bool, str]:
     if since is None and exhausted:
         text += " (stall not assessed: the drainer does not report seconds_since_last_ack)"
     return True, text + "."
+
+
+def _loss_problems(stats: dict) -> list[str]:
+    """Data being lost: Q2 full now, or most of the last 50 batches rejected."""
+    from cxi_async.alarms import q2_full_problem, rejection_problem
+
+    return [p for p in (q2_full_problem(stats), rejection_problem(stats)) if p]
 
 
 def _count(kind: str, indices: list[int]) -> str:

@@ -30,6 +30,7 @@ __all__ = [
     "ConfigError",
     "DebugConfig",
     "GeometryConfig",
+    "MetadataConfig",
     "OutputConfig",
     "PeakFindingConfig",
     "PlacementConfig",
@@ -89,6 +90,12 @@ class QueueConfig(_Section):
     maxsize_per_shard: Count = 100  # capacity of a shard that cxi_async creates itself
     poll_interval_s: Seconds = 0.05  # longest sleep between polls of an empty Q2
     wait_for_producer_s: NonNegSeconds = 0.0  # num_shards="auto": wait this long for shards
+    # Items without preprocessing_metadata (lclstreamer's PeaknetPreprocessingPipeline: one
+    # assembled image per event): the real size (None: the geometry's single panel, or no
+    # padding) and where the padding is ("center": floor(dH/2) rows on top, as lclstreamer).
+    unpadded_shape: Shape2 | None = None
+    pad_style: Literal["bottom-right", "center"] = "bottom-right"
+    warn_no_data_s: Seconds = 60.0  # warn once when no batch arrived this long (from start or last)
 
 
 class ProcessingConfig(_Section):
@@ -100,7 +107,9 @@ class ProcessingConfig(_Section):
     writer_inbox: Count = 8  # bounded asyncio inbox of each writer (batches)
     finder_num_cpus: Cpus = 1.0  # Ray CPUs reserved per finder
     writer_num_cpus: Cpus = 1.0  # Ray CPUs reserved per writer
-    on_missing_image: Literal["reject", "write_without_image"] = "reject"  # image ref lost/None
+    # An image that is gone (its producer exited): write the peaks without it, flagged, or
+    # reject the batch. CrystFEL indexes from the peak lists, so the default loses no hit.
+    on_missing_image: Literal["reject", "write_without_image"] = "write_without_image"
 
 
 class PlacementConfig(_Section):
@@ -143,11 +152,20 @@ class OutputConfig(_Section):
     run_from_metadata: NonEmpty | None = None  # metadata key naming each event's run
     events_per_file: Count = 16  # a file is closed when it holds this many events ...
     max_file_age_s: Seconds = 10.0  # ... or when its first event is this old
+    idle_flush_s: Seconds = 1.0  # ... or when Q2 has been empty and its batches parked this long
     compression: Literal["none", "bitshuffle-lz4", "zstd", "gzip"] = "none"  # of /data
     create_output_dir: bool = True  # create output_dir when missing (else it is an error)
     num_writers: Count = 1  # writer actors, each writing its own files
     fsync: bool = True  # fsync each file before the rename that makes it visible
     photon_energy_ev: Positive | None = None  # used when items carry no energy or wavelength
+
+
+class MetadataConfig(_Section):
+    """How Q2 metadata is read, and what of it goes into the files."""
+
+    wavelength_unit: Literal["auto", "angstrom", "nm"] = "auto"  # of photon_wavelength
+    datasets: dict[NonEmpty, NonEmpty] = {}  # CXI dataset path -> metadata key, per event
+    constants: dict[NonEmpty, float | str] = {}  # file attributes (and .geom keys CrystFEL uses)
 
 
 class SystemConfig(_Section):
@@ -163,6 +181,7 @@ class StopConfig(_Section):
 
     idle_timeout_s: Seconds | None = None  # Q2 empty and nothing in flight this long; None: never
     max_batches: Count | None = None  # stop after this many batches; None: no limit
+    wait_for_first_batch_s: Seconds | None = None  # stop if no batch came this long from start
 
 
 class ReplayConfig(_Section):
@@ -183,6 +202,14 @@ class ReplayConfig(_Section):
     producer_rate_hz: Positive | None = None  # events/s put; None: as fast as Q2 takes them
     unique_batches: Count | None = None  # generate this many, then replay them with new ids
     events_per_run: NonNegInt = 0  # > 0: metadata["run"] numbers runs of this many events
+    # The metadata and batch ids of one real source: "packed" (integer timestamps, Angstrom),
+    # "psana2" (float64 packed timestamps, nm), "psana1" (strings, nm), "streaming"
+    # (time.time() per batch, photon_energies in eV).
+    metadata_style: Literal["packed", "psana2", "psana1", "streaming"] = "packed"
+    restart_batch_ids_every: Count | None = None  # batch ids restart (a new producer job)
+    # "assembled": one image per event without preprocessing_metadata, padded with
+    # queue.pad_style, as lclstreamer's PeaknetPreprocessingPipeline (needs num_panels = 1).
+    layout: Literal["panels", "assembled"] = "panels"
     pattern: Literal["random", "lattice"] = "random"  # lattice: stills of a crystal (lattice.py)
     cell: tuple[Positive, Positive, Positive, Positive, Positive, Positive] = (
         79.1,
@@ -209,6 +236,9 @@ class DebugConfig(_Section):
 
     write_delay_s: NonNegSeconds = 0.0  # extra seconds before each CXI file is written
     find_delay_s: NonNegSeconds = 0.0  # extra seconds in each finder batch
+    init_delay_s: NonNegSeconds = 0.0  # extra seconds in each finder's and writer's __init__
+    fail_init: Literal["", "finder", "writer"] = ""  # every such actor raises in __init__
+    reply_delay_s: NonNegSeconds = 0.0  # a writer holds its reply to submit() this long
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -221,6 +251,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     peak_finding: PeakFindingConfig = msgspec.field(default_factory=PeakFindingConfig)
     geometry: GeometryConfig = msgspec.field(default_factory=GeometryConfig)
     output: OutputConfig = msgspec.field(default_factory=OutputConfig)
+    metadata: MetadataConfig = msgspec.field(default_factory=MetadataConfig)
     system: SystemConfig = msgspec.field(default_factory=SystemConfig)
     stop: StopConfig = msgspec.field(default_factory=StopConfig)
     replay: ReplayConfig = msgspec.field(default_factory=ReplayConfig)
@@ -513,7 +544,91 @@ def _check_consistency(cfg: Config) -> None:
                 f" = {_fmt(r.panel_shape)} along axis {axis}: padding only adds pixels.",
                 key="replay.padded_shape",
             )
+    _check_replay_layout(cfg)
+    _check_metadata(cfg)
     _check_placement(cfg)
+
+
+def _check_replay_layout(cfg: Config) -> None:
+    """Replayed items without preprocessing_metadata must be readable as configured."""
+    r, q = cfg.replay, cfg.queue
+    assembled = r.layout == "assembled" or r.metadata_style == "streaming"
+    if not (r.enabled and assembled):
+        return
+    why = (
+        'replay.layout = "assembled"'
+        if r.layout == "assembled"
+        else ('replay.metadata_style = "streaming"')
+    )
+    if r.num_panels != 1:
+        raise ConfigError(
+            f"{why} sends one image per event, but replay.num_panels = {r.num_panels}: "
+            "set replay.num_panels = 1.",
+            key="replay.num_panels",
+        )
+    padded = tuple(r.panel_shape) != tuple(r.padded_shape)
+    if padded and q.unpadded_shape is not None and tuple(q.unpadded_shape) != tuple(r.panel_shape):
+        raise ConfigError(
+            f"{why} pads replay.panel_shape = {_fmt(r.panel_shape)} to replay.padded_shape = "
+            f"{_fmt(r.padded_shape)}, but queue.unpadded_shape = {_fmt(q.unpadded_shape)}: "
+            "they must agree.",
+            key="queue.unpadded_shape",
+        )
+
+
+_DATASET_PATH = re.compile(r"(?:/[A-Za-z0-9_.-]+)+")
+# What cxi_async writes itself (cxi.py); a metadata dataset may not land on or inside it.
+_WRITTEN_PATHS = ("/entry_1", "/LCLS/photon_energy_eV", "/LCLS/detector_1/timestamp")
+_WRITTEN_ATTRS = frozenset(  # cxi.py's and the writer's own file attributes
+    {
+        "cxi_async_version",
+        "creation_time",
+        "filtered_events",
+        "images_missing",
+        "compression",
+        "n_events",
+        "max_num_peak",
+        "min_num_peak",
+        "geometry_file",
+        "geometry_sha256",
+        "batch_id_source",
+        "run",
+        "images_missing_events",
+        "timestamps_missing",
+    }
+)
+
+
+def _check_metadata(cfg: Config) -> None:
+    """Dataset paths HDF5 can create, apart from the ones cxi_async writes; safe names."""
+    md = cfg.metadata
+    for path, key in md.datasets.items():
+        where = f"metadata.datasets[{_toml_str(path)}] = {_toml_str(key)}"
+        if not _DATASET_PATH.fullmatch(path):
+            raise ConfigError(
+                f'{where}: the dataset path must be absolute, like "/LCLS/detector_1/'
+                "EncoderValue\" (letters, digits, '.', '_', '-' between slashes).",
+                key="metadata.datasets",
+            )
+        clash = next((w for w in _WRITTEN_PATHS if path == w or path.startswith(w + "/")), None)
+        if clash is not None:
+            raise ConfigError(
+                f"{where}: cxi_async writes {clash} itself; choose another dataset path.",
+                key="metadata.datasets",
+            )
+    for name in md.constants:
+        if name in _WRITTEN_ATTRS:
+            raise ConfigError(
+                f"metadata.constants: {_toml_str(name)} is a file attribute cxi_async writes "
+                "itself; choose another name.",
+                key="metadata.constants",
+            )
+        if not re.fullmatch(SAFE_NAME, name):
+            raise ConfigError(
+                f"metadata.constants: {_toml_str(name)} is not a name of letters, digits, "
+                "'.', '_' or '-' (it becomes a file attribute).",
+                key="metadata.constants",
+            )
 
 
 # Ray's node-label syntax (Kubernetes labels), copied so that the config module needs no Ray.

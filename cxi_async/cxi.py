@@ -14,8 +14,11 @@ The layout is the one in ``cxi-format.md``; CrystFEL reads it with
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import dataclasses
 import errno
 import gc
+import logging
 import mmap
 import os
 import re
@@ -30,6 +33,8 @@ import h5py
 import numpy as np
 
 import cxi_async
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "COMPRESSIONS",
@@ -131,6 +136,7 @@ class EventRecord(NamedTuple):
     timestamp: int = 0
     batch_id: str = ""
     event_index: int = 0
+    datasets: tuple[tuple[str, float], ...] = ()  # extra per-event datasets: (path, value)
 
 
 # (field, dtype, CXI dataset name) for the (N, M) peak arrays, in file order.
@@ -179,6 +185,9 @@ class CxiEvents:
     timestamp: np.ndarray  # (N,) uint64, 0 where unknown
     batch_id: list[str]  # (N,)
     event_index: np.ndarray  # (N,) int32
+    datasets: dict[str, np.ndarray] = dataclasses.field(
+        default_factory=dict
+    )  # path -> (N,) float64
 
     def __post_init__(self) -> None:
         self.n_peaks = _column("n_peaks", self.n_peaks, np.int32, 1)
@@ -201,6 +210,13 @@ class CxiEvents:
                 raise ValueError(
                     f"CxiEvents.{field} has {len(getattr(self, field))} entries, expected {n}"
                 )
+        self.datasets = {
+            path: _column(f"datasets[{path!r}]", values, np.float64, 1)
+            for path, values in self.datasets.items()
+        }
+        for path, values in self.datasets.items():
+            if len(values) != n:
+                raise ValueError(f"CxiEvents.datasets[{path!r}] has {len(values)} entries, not {n}")
         if n and (self.n_peaks.min() < 0 or self.n_peaks.max() > m):
             raise ValueError(f"CxiEvents.n_peaks must lie in [0, max_num_peak={m}]")
 
@@ -256,8 +272,16 @@ class CxiEvents:
             timestamp=_timestamps([e.timestamp for e in per_event]),
             batch_id=[str(e.batch_id) for e in per_event],
             event_index=np.array([e.event_index for e in per_event], dtype=np.int32),
+            datasets=_per_event_datasets(per_event),
             **columns,
         )
+
+
+def _per_event_datasets(per_event: Sequence[Any]) -> dict[str, np.ndarray]:
+    """The events' extra datasets as columns; NaN for an event that lacks one."""
+    rows = [dict(getattr(e, "datasets", ())) for e in per_event]
+    paths = list(dict.fromkeys(path for row in rows for path in row))
+    return {p: np.array([row.get(p, np.nan) for row in rows], np.float64) for p in paths}
 
 
 def _timestamps(value: Any) -> np.ndarray:
@@ -443,8 +467,14 @@ def write_cxi_file(
     fsync: bool = True,
     attrs: Mapping[str, Any] | None = None,
     filtered_events: int = 0,
+    next_name: Callable[[], Path] | None = None,
 ) -> Path:
     """Write ``events`` to ``final_path`` via ``<final_path>.inprogress`` and a rename.
+
+    The rename never replaces a file (:func:`rename_noreplace`). When the name is taken (two
+    pipelines, or two starts within the same second of the time label, in one directory),
+    ``next_name()`` gives the next one to try and the path actually written is returned;
+    without ``next_name`` a taken name raises :class:`CxiWriteError` (``FileExistsError``).
 
     ``fill_frame(i, out)`` writes event ``i``'s slab image into ``out``, a float32 (SS, FS)
     buffer that is reused for every frame (one copy per panel, straight into what is written).
@@ -477,8 +507,11 @@ def write_cxi_file(
     renamed = False
     stack = contextlib.ExitStack()
     try:
-        if final_path.exists():
-            raise FileExistsError(errno.EEXIST, "refusing to overwrite an existing CXI file")
+        while final_path.exists() or tmp_path.exists():  # taken by another writer
+            if next_name is None:
+                raise FileExistsError(errno.EEXIST, "refusing to overwrite an existing CXI file")
+            final_path = Path(next_name())
+            tmp_path = inprogress_path(final_path)
         reservation = _SPACE.reserve(tmp_path.parent, _estimated_bytes(events, (ss, fs)))
         stack.enter_context(reservation)
         # One HDF5 file at a time per process: h5py serialises its calls, but two threads
@@ -507,9 +540,17 @@ def write_cxi_file(
             _write_frames(tmp_path, offsets, (ss, fs), fill_frame)
         if fsync:
             _fsync_path(tmp_path)
-        if final_path.exists():  # a concurrent writer with the same prefix: never overwrite
-            raise FileExistsError(errno.EEXIST, "refusing to overwrite an existing CXI file")
-        os.rename(tmp_path, final_path)
+        for _ in range(MAX_NAME_TRIES):
+            try:
+                rename_noreplace(tmp_path, final_path)
+                break
+            except FileExistsError:  # a concurrent writer took the name after our checks
+                if next_name is None:
+                    raise
+                final_path = Path(next_name())
+                log.warning("%s was taken by another writer; renaming to the next name", tmp_path)
+        else:
+            raise FileExistsError(errno.EEXIST, f"{MAX_NAME_TRIES} names in a row were taken")
         renamed = True
         if fsync:
             _fsync_path(final_path.parent, directory=True)
@@ -533,6 +574,44 @@ def write_cxi_file(
     finally:
         stack.close()
     return final_path
+
+
+MAX_NAME_TRIES = 1000
+RENAME_NOREPLACE = 1  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _load_renameat2() -> Callable[..., int] | None:
+    """glibc's renameat2 (2.28+), or None: then link + unlink does the same job."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_renameat2 = _load_renameat2()
+
+
+def rename_noreplace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Rename ``src`` to ``dst`` atomically, raising ``FileExistsError`` if ``dst`` exists.
+
+    ``os.rename`` replaces an existing ``dst``, and checking first leaves a window for another
+    writer. ``renameat2(RENAME_NOREPLACE)`` checks and renames in one step; where the kernel or
+    file system does not have it, ``link`` (which fails on an existing name) then ``unlink``.
+    """
+    src_b, dst_b = os.fsencode(src), os.fsencode(dst)
+    if _renameat2 is not None:
+        if _renameat2(_AT_FDCWD, src_b, _AT_FDCWD, dst_b, RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), os.fsdecode(src), None, os.fsdecode(dst))
+    os.link(src_b, dst_b)  # FileExistsError if taken
+    os.unlink(src_b)
 
 
 def _estimated_bytes(events: CxiEvents, slab_shape: tuple[int, int]) -> int:
@@ -605,6 +684,8 @@ def _write_contents(
     result.create_dataset("eventIndex", data=events.event_index)
     f.create_dataset(PHOTON_ENERGY_PATH, data=events.photon_energy_ev)
     f.create_dataset(TIMESTAMP_PATH, data=events.timestamp)
+    for path, values in events.datasets.items():  # [metadata.datasets], e.g. EncoderValue
+        f.create_dataset(path, data=values)
 
     early = {}
     if preallocate:  # every chunk allocated now, at a known offset, and never filled

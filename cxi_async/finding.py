@@ -8,7 +8,6 @@ of them, and map the kept peaks onto the slab (geometry). The finder actor runs
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,8 +18,18 @@ from cxi_async import peaks, q2
 from cxi_async.config import Config
 from cxi_async.geometry import GeometryMismatch, SlabLayout, load_layout
 from cxi_async.messages import BatchResult, EventPeaks
+from cxi_async.metadata import MetadataRules
 
 log = logging.getLogger(__name__)
+
+
+IMAGE_GONE = (
+    "image-gone",
+    "warning",
+    "detector images are gone from the object store (their inference job ended before "
+    "cxi_async read them): those hits are written with their peaks and a zero image, flagged "
+    "by the file attribute images_missing_events and counted as events_without_image",
+)
 
 
 class RefUnavailable(Exception):
@@ -62,25 +71,35 @@ class BatchFinder:
     def __init__(self, config: Config, layout: SlabLayout | None = None) -> None:
         self.pf = config.peak_finding
         self.on_missing_image = config.processing.on_missing_image
-        self.default_energy = config.output.photon_energy_ev
         self.run_key = config.output.run_from_metadata
         self.layouts = Layouts(layout if layout is not None else load_slab_layout(config))
+        self.fallback_energy = fallback_energy(config, self.layouts.layout)
+        md = config.metadata
+        self.rules = MetadataRules(md.wavelength_unit, dict(md.datasets))
+        self.padding = q2.Padding(
+            unpadded_shape(config, self.layouts.layout), config.queue.pad_style
+        )
 
     def run(self, item: Any, delivery_id: int, fetch: Callable[[Any], Any]) -> BatchResult:
         """Find and select the peaks of one item; a bad item becomes a rejected result."""
         batch_id = _batch_id_of(item)
         try:
-            batch = q2.decode_item(item, fetch, self.run_key)
+            batch = q2.decode_item(
+                item, fetch, self.run_key, rules=self.rules, padding=self.padding
+            )
             q2.check_finite(batch)
             b, c, h, w = batch.original_shape
             layout = self.layouts.for_shape(c, h, w)
         except q2.MalformedItem as exc:
-            return _rejected(delivery_id, batch_id, str(exc))
+            return _rejected(delivery_id, batch_id, str(exc), event_count(item))
         except GeometryMismatch as exc:
-            return _rejected(delivery_id, batch_id, f"batch {batch_id}: {exc}")
+            return _rejected(delivery_id, batch_id, f"batch {batch_id}: {exc}", event_count(item))
         except RefUnavailable as exc:
             return _rejected(
-                delivery_id, batch_id, f"batch {batch_id}: predictions_ref is gone: {exc}"
+                delivery_id,
+                batch_id,
+                f"batch {batch_id}: predictions_ref is gone: {exc}",
+                event_count(item),
             )
         image, images_missing, reason = self._image(batch, fetch)
         if reason is not None:
@@ -88,10 +107,10 @@ class BatchFinder:
         t0 = time.perf_counter()
         try:
             table = peaks.find_peaks(
-                batch.logits,
+                batch.unpadded(batch.logits),
                 batch.original_shape,
                 bfloat16=batch.logits_kind == "bfloat16",
-                image=image,
+                image=None if image is None else batch.unpadded(image),
                 connectivity=self.pf.connectivity,
             )
         except peaks.PeakFindingError as exc:
@@ -109,6 +128,8 @@ class BatchFinder:
             panel_shape=(h, w),
             truncated_peaks=selection.total_truncated,
             images_missing=images_missing,
+            pad_offset=batch.pad_offset,
+            notices=self._notices(batch, kept, image),
             find_seconds=time.perf_counter() - t0,
         )
 
@@ -125,9 +146,7 @@ class BatchFinder:
         except RefUnavailable as exc:
             if self.on_missing_image == "reject":
                 return None, True, f"batch {batch.batch_id}: the detector image is gone: {exc}"
-            log.warning(
-                "batch %s: the detector image is gone (%s); writing peaks only", batch.batch_id, exc
-            )
+            log.debug("batch %s: the detector image is gone (%s)", batch.batch_id, exc)
             return None, True, None
         return image, False, None
 
@@ -153,22 +172,75 @@ class BatchFinder:
             "max_value": table.max_value[rows],
             "panel": table.panel[rows].astype(np.int16),
         }
-        energy = batch.photon_energy_ev
-        default = self.default_energy if self.default_energy is not None else math.nan
+        meta = batch.meta
+        energy = np.where(
+            np.isnan(meta.photon_energy_ev), self.fallback_energy or 0.0, meta.photon_energy_ev
+        )
         kept = []
         for i, b in enumerate(selection.kept.tolist()):
             s = slice(int(selection.peak_offsets[i]), int(selection.peak_offsets[i + 1]))
-            e = float(energy[b])
             kept.append(
                 EventPeaks(
                     event_index=b,
                     **{k: v[s] for k, v in columns.items()},
-                    photon_energy_ev=default if math.isnan(e) else e,
-                    timestamp=int(batch.timestamp[b]),
+                    photon_energy_ev=float(energy[b]),
+                    timestamp=int(meta.timestamp[b]),
                     run=batch.run[b] if batch.run is not None else None,
+                    timestamp_missing=bool(meta.timestamp_missing[b]),
+                    datasets=tuple((p, float(v[b])) for p, v in meta.datasets.items()),
                 )
             )
         return kept
+
+    def _notices(
+        self, batch: q2.DecodedBatch, kept: list[EventPeaks], image: np.ndarray | None
+    ) -> list[tuple[str, str, str]]:
+        """The metadata's notices, and one for kept events CrystFEL would skip (no energy)."""
+        notices = [(n.kind, n.level, n.text) for n in batch.meta.notices]
+        if kept and batch.image_ref is not None and image is None:
+            notices.append(IMAGE_GONE)
+        unknown = np.isnan(batch.meta.photon_energy_ev)
+        if self.fallback_energy is None and any(unknown[e.event_index] for e in kept):
+            notices.append(
+                (
+                    "no-energy",
+                    "warning",
+                    f"batch {batch.batch_id}: events without a photon energy in their metadata "
+                    "are written with photon energy 0 (never NaN), and CrystFEL cannot index such "
+                    "frames: set output.photon_energy_ev, or photon_energy in the geometry file",
+                )
+            )
+        return notices
+
+
+def fallback_energy(config: Config, layout: SlabLayout | None) -> float | None:
+    """eV for events whose metadata has none: output.photon_energy_ev, else the geometry's."""
+    if config.output.photon_energy_ev is not None:
+        return config.output.photon_energy_ev
+    return getattr(layout, "photon_energy_ev", None) if layout is not None else None
+
+
+def unpadded_shape(config: Config, layout: SlabLayout | None) -> tuple[int, int] | None:
+    """Real (H, W) of items without preprocessing_metadata: queue.unpadded_shape, else the
+    panel of a one-panel geometry (an assembled detector image), else None (not padded)."""
+    if config.queue.unpadded_shape is not None:
+        return tuple(config.queue.unpadded_shape)
+    if layout is not None and layout.num_panels == 1:
+        return layout.panel_shape
+    return None
+
+
+def event_count(item: Any) -> int:
+    """Best guess of a rejected item's events, so that they count: B of its metadata or of
+    its logits, 0 when neither can be read."""
+    meta = getattr(item, "preprocessing_metadata", None)
+    shape = getattr(meta, "original_shape", None) if meta is not None else None
+    if shape is None:
+        shape = getattr(getattr(item, "predictions", None), "shape", None)
+    try:
+        return max(0, int(shape[0])) if shape is not None else 0
+    except (TypeError, ValueError, IndexError):
+        return 0
 
 
 def _batch_id_of(item: Any) -> str:

@@ -18,6 +18,10 @@ a CSPAD geometry in quadrant ASICs ``q0a0`` .. ``q3a15`` groups into 4 quadrants
 multi-dimensional array (``p0/dim1 = 0``, EuXFEL style) or with fs before ss are not slab
 geometries and are refused.
 
+Units. CrystFEL 0.12 accepts values with units (``photon_energy = 9.5 keV``, ``clen = 100 mm``)
+that cfelpyutils 2.2 cannot read; ``normalise_units`` converts them in the text handed to
+cfelpyutils only, and the geometry's literal photon energy is kept in eV on the layout.
+
 Coordinates are pixel indices: the centre of pixel (0, 0) is (0.0, 0.0), as in Cheetah and
 psana. CrystFEL adds half a pixel when it reads a ``cxi`` peak list.
 """
@@ -32,7 +36,9 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +46,14 @@ import numpy as np
 from cfelpyutils.geometry import load_crystfel_geometry
 
 __all__ = [
+    "GEOM_CONSTANT_KEYS",
     "SLAB_GEOM_KEYS",
     "GeometryError",
     "GeometryMismatch",
     "SlabLayout",
+    "literal_photon_energy_ev",
     "load_layout",
+    "normalise_units",
     "write_slab_geom",
 ]
 
@@ -59,9 +68,40 @@ SLAB_GEOM_KEYS: dict[str, str] = {
     "photon_energy": "/LCLS/photon_energy_eV",
 }
 
+#: Global CrystFEL keys that ``[metadata.constants]`` may set in the written geometry.
+GEOM_CONSTANT_KEYS = frozenset(
+    {"adu_per_photon", "adu_per_eV", "coffset", "clen", "res", "photon_energy_bandwidth", "max_adu"}
+)
+# Other ways to give the beam energy: the photon_energy dataset replaces them.
+_ENERGY_ALTERNATIVES = frozenset({"wavelength", "electron_voltage"})
+
 _ASIC_NAME = re.compile(r"^(?P<module>.*\d)a(?P<asic>\d+)$")
 _KEY_LINE = re.compile(r"^\s*(?P<key>[^\s=;]+)\s*=")
 _DIM_KEY = re.compile(r"^dim\d+$")
+_VALUE_LINE = re.compile(r"^\s*(?P<key>[^\s=;]+)\s*=\s*(?P<value>[^;]*?)\s*(?:;.*)?$")
+_LEADING_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+#: eV per photon times wavelength in Angstrom.
+HC_EV_ANGSTROM = 12398.4193
+#: Keys CrystFEL 0.12 reads with a unit after the value (``clen = 100 mm``), the units it
+#: accepts for each, the factor to the unit cfelpyutils reads (eV, m), and the unit of a bare
+#: literal. cfelpyutils joins the value's words ("100mm") and then fails or misreads it.
+_UNITS: dict[str, dict[str, float]] = {
+    "photon_energy": {"eV": 1.0, "keV": 1e3},
+    "clen": {"m": 1.0, "mm": 1e-3},
+    "detector_shift_x": {"m": 1.0, "mm": 1e-3},
+    "detector_shift_y": {"m": 1.0, "mm": 1e-3},
+    "wavelength": {"m": 1.0, "A": 1.0},  # cfelpyutils ignores wavelength: only the number is kept
+    "electron_voltage": {"V": 1.0, "kV": 1.0},  # likewise
+}
+#: Numeric keys CrystFEL reads with atof(), which ignores whatever follows the number
+#: (``coffset = 0.01 m``); cfelpyutils reads them with float() or int() and fails.
+_ATOF_KEYS = frozenset(
+    {
+        "min_fs", "max_fs", "min_ss", "max_ss", "corner_x", "corner_y", "coffset", "res",
+        "adu_per_eV", "adu_per_photon", "max_adu", "flag_equal", "flag_lessthan",
+        "flag_morethan",
+    }
+)  # fmt: skip
 # Errors cfelpyutils raises for a malformed file (it does not wrap them).
 _PARSE_ERRORS = (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError)
 
@@ -89,6 +129,9 @@ class SlabLayout:
     slab_shape: tuple[int, int]
     geom_file: str | None = None
     geom_sha256: str | None = None
+    #: The geometry's literal photon energy (``photon_energy = 9500``, ``9.5 keV``, or a
+    #: literal ``wavelength``) in eV; None when it names a data location or is absent.
+    photon_energy_ev: float | None = None
     # Precomputed at construction so that assemble() does no planning per frame.
     _dst: tuple[tuple[slice, slice], ...] = field(init=False, repr=False)
     _gaps: tuple[tuple[slice, slice], ...] = field(init=False, repr=False)
@@ -213,6 +256,7 @@ class SlabLayout:
                 self.slab_shape,
                 self.geom_file,
                 self.geom_sha256,
+                self.photon_energy_ev,
             ),
         )
 
@@ -368,13 +412,102 @@ def _load(geom_file: str | os.PathLike) -> tuple[SlabLayout, str]:
     except GeometryError as exc:
         raise GeometryError(f"geometry file {path}: {exc}") from exc
     sha256 = hashlib.sha256(raw).hexdigest()
-    return replace(layout, geom_file=str(path), geom_sha256=sha256), text
+    energy = literal_photon_energy_ev(text)
+    return replace(layout, geom_file=str(path), geom_sha256=sha256, photon_energy_ev=energy), text
+
+
+def normalise_units(text: str) -> str:
+    """The geometry text with every value in the unit cfelpyutils reads, units removed.
+
+    CrystFEL 0.12 accepts ``photon_energy = 9.5 keV``, ``clen = 100 mm`` and the like (see
+    ``_UNITS``) and ignores text after an atof() number (``coffset = 0.01 m``); cfelpyutils 2.2
+    fails on the first and misreads or fails on the others. Only the text handed to
+    cfelpyutils changes: comments and every other line are dropped or kept as they are. A unit
+    CrystFEL rejects raises GeometryError naming the line.
+    """
+    out: list[str] = []
+    for line in text.splitlines():
+        m = None if line.lstrip().startswith(";") else _VALUE_LINE.match(line)
+        if m is None:
+            out.append(line)
+            continue
+        key, value = m["key"], m["value"]
+        name = key.rsplit("/", 1)[-1]
+        if name in _UNITS:
+            number, unit = _split_unit(value)
+            if unit is not None:
+                factors = _UNITS[name]
+                if unit not in factors:
+                    raise GeometryError(
+                        f"line '{line.strip()}' has the unit '{unit}', which CrystFEL does not "
+                        f"accept for {name}: use {' or '.join(factors)}"
+                    )
+                value = _scaled(number, factors[unit])
+        elif name in _ATOF_KEYS and not _is_number(value):
+            lead = _LEADING_NUMBER.match(value)
+            value = lead[0] if lead else value
+        out.append(f"{key} = {value}")
+    return "\n".join(out) + "\n"
+
+
+def literal_photon_energy_ev(text: str) -> float | None:
+    """Photon energy in eV that a geometry text gives as a number, or None.
+
+    Reads the last top-level ``photon_energy`` (bare: eV, or ``eV``/``keV``) or ``wavelength``
+    (``m``/``A``) line, as CrystFEL does (the last one wins). None when that line names a data
+    location (``/LCLS/photon_energy_eV``), has an unknown unit, or is not a positive number.
+    """
+    energy: float | None = None
+    for line in text.splitlines():
+        m = None if line.lstrip().startswith(";") else _VALUE_LINE.match(line)
+        if m is None or m["key"] not in ("photon_energy", "wavelength"):
+            continue
+        number, unit = _split_unit(m["value"])
+        energy = _energy_ev(m["key"], number, unit)
+    return energy
+
+
+def _energy_ev(key: str, number: str, unit: str | None) -> float | None:
+    if not _is_number(number):
+        return None
+    value = float(number)
+    if not (math.isfinite(value) and value > 0):
+        return None
+    if key == "photon_energy":
+        factor = {None: 1.0, "eV": 1.0, "keV": 1e3}.get(unit)
+        return None if factor is None else float(Decimal(number) * Decimal(repr(factor)))
+    angstrom = {"A": value, "m": value * 1e10}.get(unit or "")  # CrystFEL needs the unit here
+    return None if angstrom is None else HC_EV_ANGSTROM / angstrom
+
+
+def _split_unit(value: str) -> tuple[str, str | None]:
+    """``"100 mm"`` -> ``("100", "mm")``; ``"0.1"`` -> ``("0.1", None)`` (CrystFEL splits at the
+    first space and compares the rest with the unit names)."""
+    parts = value.split(None, 1)
+    if len(parts) < 2:
+        return value, None
+    return parts[0], parts[1]
+
+
+def _scaled(number: str, factor: float) -> str:
+    """A literal scaled by ``factor`` (repr keeps every digit); a data location as it is."""
+    if factor == 1.0 or not _is_number(number):
+        return number
+    return repr(float(Decimal(number) * Decimal(repr(factor))))  # 100 mm is 0.1, not 0.1000..01
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _layout_from_text(text: str) -> SlabLayout:
     """Parse with cfelpyutils, check the panels form a 2-D slab, group ASICs into modules."""
     try:
-        detector = load_crystfel_geometry(io.StringIO(text)).detector
+        detector = load_crystfel_geometry(io.StringIO(normalise_units(text))).detector
     except _PARSE_ERRORS as exc:
         reason = " ".join(str(a) for a in exc.args) or type(exc).__name__
         raise GeometryError(f"not a valid CrystFEL geometry ({reason})") from exc
@@ -452,17 +585,25 @@ def write_slab_geom(
     path: str | os.PathLike,
     layout: SlabLayout,
     source_geom: str | os.PathLike | None = None,
+    constants: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the CrystFEL geometry that indexes the CXI files as they are; atomic; returns path.
 
     With ``source_geom`` (the file ``layout`` was loaded from) its text is kept and only the
     keys in ``SLAB_GEOM_KEYS`` are set: global ones replaced in place, missing ones added before
     the first panel line (cfelpyutils and CrystFEL apply a global key only to panels that come
-    after it), and per-panel overrides of them commented out. Without a source, each layout
-    panel is written with a *placeholder* lab geometry (see ``_placeholder_geom``).
+    after it), and per-panel overrides of them commented out. ``wavelength`` and
+    ``electron_voltage`` are commented out too: the photon energy dataset replaces them.
+    Without a source, each layout panel is written with a *placeholder* lab geometry (see
+    ``_placeholder_geom``). ``constants`` (``[metadata.constants]``) that are CrystFEL global
+    geometry keys (``GEOM_CONSTANT_KEYS``) are set the same way; the others are ignored here.
     """
+    keys = dict(SLAB_GEOM_KEYS)
+    keys.update(
+        (k, _geom_value(v)) for k, v in (constants or {}).items() if k in GEOM_CONSTANT_KEYS
+    )
     if source_geom is None:
-        text = _placeholder_geom(layout)
+        text = _set_slab_keys(_placeholder_geom(layout), keys)
     else:
         source, source_text = _load(source_geom)
         if not source.same_slab(layout):
@@ -476,10 +617,10 @@ def write_slab_geom(
         header = (
             f"; Slab geometry for the CXI files written by cxi_async, from {source_geom}\n"
             f"; (source sha256 {source.geom_sha256}).\n"
-            f"; cxi_async set {', '.join(SLAB_GEOM_KEYS)} for these files;\n"
+            f"; cxi_async set {', '.join(keys)} for these files;\n"
             f"; the rest is the source as it was.\n"
         )
-        text = header + _set_slab_keys(source_text)
+        text = header + _set_slab_keys(source_text, keys)
     # Refuse to write a file that would not read back as this layout.
     written = _layout_from_text(text)
     if not written.same_slab(layout):
@@ -487,8 +628,12 @@ def write_slab_geom(
     return _write_atomic(Path(path), text)
 
 
-def _set_slab_keys(text: str) -> str:
-    """Set SLAB_GEOM_KEYS in a geometry text; every value it replaces stays as a comment."""
+def _geom_value(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _set_slab_keys(text: str, keys: Mapping[str, str] = SLAB_GEOM_KEYS) -> str:
+    """Set ``keys`` in a geometry text; every value it replaces stays as a comment."""
     out: list[str] = []
     done: set[str] = set()
     in_panels = False
@@ -496,24 +641,27 @@ def _set_slab_keys(text: str) -> str:
         m = None if line.lstrip().startswith(";") else _KEY_LINE.match(line)
         key = m["key"] if m else ""
         if "/" in key and not in_panels:
-            missing = [f"{k} = {v}" for k, v in SLAB_GEOM_KEYS.items() if k not in done]
+            missing = [f"{k} = {v}" for k, v in keys.items() if k not in done]
             if missing:
                 out += ["; added by cxi_async for its CXI files:", *missing, ""]
-            done.update(SLAB_GEOM_KEYS)
+            done.update(keys)
             in_panels = True
         name = key.rsplit("/", 1)[-1]
-        if name not in SLAB_GEOM_KEYS and not _DIM_KEY.match(name):
+        if name in _ENERGY_ALTERNATIVES:
+            out.append(f"; cxi_async dropped (photon_energy is set): {line.strip()}")
+            continue
+        if name not in keys and not _DIM_KEY.match(name):
             out.append(line)
             continue
-        new = f"{key} = {SLAB_GEOM_KEYS.get(key)}"
-        if key in SLAB_GEOM_KEYS and key not in done:
+        new = f"{key} = {keys.get(key)}"
+        if key in keys and key not in done:
             if line.split(";")[0].split() != new.split():
                 out.append(f"; cxi_async replaced: {line.strip()}")
             out.append(new)
             done.add(key)
         else:
             out.append(f"; cxi_async dropped (the slab keys above apply): {line.strip()}")
-    out += [f"{k} = {v}" for k, v in SLAB_GEOM_KEYS.items() if k not in done]  # no panels
+    out += [f"{k} = {v}" for k, v in keys.items() if k not in done]  # no panels
     return "\n".join(out) + "\n"
 
 

@@ -425,8 +425,10 @@ def diffract_batch(batch: Any, spec: Any, index: int) -> Any:
     """
     from dataclasses import replace
 
-    from cxi_async.synthetic import HC_EV_ANGSTROM
+    from cxi_async.synthetic import HC_EV_ANGSTROM, _pad_offset
 
+    # An assembled, centre-padded image has its real pixels at this offset in the padded array.
+    dr, dc = _pad_offset(spec) if getattr(spec, "layout", "panels") == "assembled" else (0, 0)
     cell = spec_cell(spec)
     detector, modules, origin = _detector_for(spec.geom_file, spec.num_panels, spec.panel_shape)
     c = spec.num_panels
@@ -442,12 +444,12 @@ def diffract_batch(batch: Any, spec: Any, index: int) -> Any:
         n = len(ev.panel)
         npix = np.array([r.size for r, _ in ev.pixels], dtype=np.int64)
         pn = np.repeat(e * c + ev.panel.astype(np.int64), npix)
-        pr = np.concatenate([r for r, _ in ev.pixels]) if n else np.zeros(0, np.int64)
-        pc = np.concatenate([cc for _, cc in ev.pixels]) if n else np.zeros(0, np.int64)
+        pr = np.concatenate([r for r, _ in ev.pixels]) + dr if n else np.zeros(0, np.int64)
+        pc = np.concatenate([cc for _, cc in ev.pixels]) + dc if n else np.zeros(0, np.int64)
         l0 = rng.uniform(-4.0, 3.0, pr.size).astype(np.float32)
         batch.logits[pn, 0, pr, pc] = l0
         batch.logits[pn, 1, pr, pc] = l0 + rng.uniform(0.5, 6.0, pr.size).astype(np.float32)
-        d2 = (pr - np.repeat(ev.row, npix)) ** 2 + (pc - np.repeat(ev.col, npix)) ** 2
+        d2 = (pr - dr - np.repeat(ev.row, npix)) ** 2 + (pc - dc - np.repeat(ev.col, npix)) ** 2
         sigma = np.repeat(ev.sigma, npix).astype(np.float64)
         profile = np.exp(-d2 / (2.0 * sigma**2)).astype(np.float32)
         batch.image[pn, 0, pr, pc] += np.repeat(ev.amplitude, npix) * profile

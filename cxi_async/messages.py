@@ -44,9 +44,11 @@ class EventPeaks(msgspec.Struct):
     npix: np.ndarray  # int32
     max_value: np.ndarray  # float32
     panel: np.ndarray  # int16
-    photon_energy_ev: float
-    timestamp: int
+    photon_energy_ev: float  # the fallback where the metadata had none (0 without one)
+    timestamp: int  # psana value, 0 where the metadata had none that could be read
     run: str | None = None  # run label from metadata (output.run_from_metadata), if any
+    timestamp_missing: bool = False
+    datasets: tuple[tuple[str, float], ...] = ()  # [metadata.datasets]: (CXI path, value)
 
 
 class BatchResult(msgspec.Struct):
@@ -63,6 +65,8 @@ class BatchResult(msgspec.Struct):
     rejected: str | None = None  # reason when the whole batch was rejected
     truncated_peaks: int = 0
     images_missing: bool = False
+    pad_offset: tuple[int, int] = (0, 0)  # (top, left) of the real pixels in the padded image
+    notices: list[tuple[str, str, str]] = []  # (kind, level, sentence): say once per run
     find_seconds: float = 0.0
     decode_seconds: float = 0.0
     handed_to_writer: bool = True  # False: the writer died; the drainer re-sends the result

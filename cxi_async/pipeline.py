@@ -5,7 +5,9 @@
         final = await pipeline.wait()
 
 The driver only holds handles: the drainer actor (named `cxi_async_drainer:<queue>` in the
-configured namespace) owns the finders and writers and keeps the books.
+configured namespace, detached: it outlives the driver) owns the finders, writers and the
+replay producer and keeps the books. A second driver for the same queue and namespace
+attaches to it (``Pipeline.start(..., attach=True)``) instead of starting another.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,49 +85,80 @@ def connect_ray(config: Config) -> None:
     else:
         kwargs["address"] = rc.address
     try:
-        ray.init(**kwargs)
+        with _local_ray_ignores_hangup(rc.address is None):
+            ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = rc.address or "a local Ray"
         raise PipelineError(f"could not connect to Ray at {where} (ray.address): {exc}") from exc
 
 
+@contextlib.contextmanager
+def _local_ray_ignores_hangup(local: bool) -> Iterator[None]:
+    """Start a local Ray with SIGHUP ignored, so its processes inherit that.
+
+    A closed terminal sends SIGHUP to the whole process group: the driver then drains and
+    stops (``__main__``), but Ray's GCS and raylet, started here in the same group, would die
+    at once and take the in-flight batches with them.
+    """
+    if not local or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 class Pipeline:
     """A running cxi_async pipeline: the drainer's handle plus the optional replay producer."""
 
-    def __init__(self, config: Config, drainer: Any, output_dir: Path) -> None:
+    def __init__(
+        self, config: Config, drainer: Any, output_dir: Path, attached: bool = False
+    ) -> None:
         self.config = config
         self.drainer = drainer
         self.output_dir = output_dir
-        self.producer: Any = None
-        self.producer_run: Any = None
-        self.watch_task: asyncio.Task | None = None
+        self.attached = attached  # True: another driver started it; this one follows it
+        self.replay_result: Any = None  # the replay producer's report, after wait()
 
     @classmethod
     async def start(
-        cls, config: Config | str | os.PathLike | None = None, overrides: Sequence[str] = ()
+        cls,
+        config: Config | str | os.PathLike | None = None,
+        overrides: Sequence[str] = (),
+        attach: bool = False,
     ) -> Pipeline:
-        """Connect to Ray (or start it), create the actors and start draining Q2."""
+        """Connect to Ray (or start it), create the actors and start draining Q2.
+
+        The coordinator (drainer) is a detached named actor: it outlives this driver. When one
+        is already running for this queue and namespace, ``attach=True`` returns a Pipeline
+        that follows it (``attached``), else PipelineError; one that has stopped is replaced.
+        """
         if not isinstance(config, Config):
             config = load_config(config, overrides)
         connect_ray(config)
-        output_dir, run_label = output_location(config)
-        output_dir.mkdir(parents=True, exist_ok=True)
         from cxi_async.actors.drainer import Drainer
 
         name = drainer_name(config)
-        try:
-            ray.get_actor(name, namespace=config.ray.namespace)
-            raise PipelineError(
-                f"a cxi_async pipeline for Q2 '{config.queue.name}' is already running in "
-                f"namespace '{config.ray.namespace}' (actor {name}): stop it first."
-            )
-        except ValueError:
-            pass
+        running = await _running_drainer(config)
+        if running is not None:
+            if not attach:
+                raise PipelineError(
+                    f"a cxi_async pipeline for Q2 '{config.queue.name}' is already running in "
+                    f"namespace '{config.ray.namespace}' (actor {name}): stop it first "
+                    "(python -m cxi_async stop), or run the same command to follow it."
+                )
+            stats = await running.stats.remote()
+            return cls(config, running, Path(stats["output_dir"]), attached=True)
+        output_dir, run_label = output_location(config)
+        output_dir.mkdir(parents=True, exist_ok=True)
         drainer = (
             ray.remote(Drainer)
             .options(
                 name=name,
                 namespace=config.ray.namespace,
+                lifetime="detached",
                 num_cpus=0,
                 max_restarts=0,
                 # beside this process: it writes the lists and status.json into output_dir
@@ -136,27 +171,12 @@ class Pipeline:
         pipeline = cls(config, drainer, output_dir)
         try:
             started = await drainer.start.remote()
+            if config.replay.enabled:
+                await drainer.start_replay.remote(started["num_shards"])
         except Exception as exc:
             ray.kill(drainer)
             raise PipelineError(_cause(exc)) from exc
-        if config.replay.enabled:
-            pipeline._start_replay(started["num_shards"])
         return pipeline
-
-    def _start_replay(self, num_shards: int) -> None:
-        from cxi_async.replay import new_replay_producer
-
-        self.producer = new_replay_producer(self.config, num_shards)
-        self.producer_run = self.producer.run.remote()
-        self.watch_task = asyncio.get_running_loop().create_task(self._stop_after_replay())
-
-    async def _stop_after_replay(self) -> None:
-        """With replay, the run ends when everything the producer put has been drained."""
-        try:
-            await self.producer_run
-        except Exception as exc:
-            log.error("the replay producer failed: %s", _cause(exc))
-        await self.drainer.stop_when_empty.remote("replay finished and Q2 drained")
 
     async def stats(self) -> dict:
         return await self.drainer.stats.remote()
@@ -164,6 +184,8 @@ class Pipeline:
     async def wait(self) -> dict:
         """Until the pipeline stops by itself (idle, max_batches, replay done); final stats."""
         final = await self.drainer.wait_finished.remote()
+        if self.config.replay.enabled:
+            self.replay_result = await self.drainer.replay_result.remote()
         await self._cleanup()
         return final
 
@@ -180,12 +202,8 @@ class Pipeline:
         return final
 
     async def _cleanup(self) -> None:
-        if self.watch_task is not None:
-            self.watch_task.cancel()
-        if self.producer is not None:
-            ray.kill(self.producer)
-            self.producer = None
-        ray.kill(self.drainer)
+        with contextlib.suppress(Exception):  # it may have exited by itself already
+            ray.kill(self.drainer)
 
     async def __aenter__(self) -> Pipeline:
         return self
@@ -193,6 +211,31 @@ class Pipeline:
     async def __aexit__(self, *exc: object) -> None:
         with contextlib.suppress(ray.exceptions.RayActorError):
             await self.drain_and_stop()
+
+
+async def _running_drainer(config: Config) -> Any:
+    """The drainer of this queue and namespace if one is running; a stopped one is killed
+    (it is only waiting to exit), so its name is free for a new run."""
+    name = drainer_name(config)
+    try:
+        drainer = ray.get_actor(name, namespace=config.ray.namespace)
+    except ValueError:
+        return None
+    try:
+        final = await drainer.finished_stats.remote()
+    except ray.exceptions.RayActorError:
+        final = {}  # dead: its name is about to be free
+    if final is None:
+        return drainer
+    with contextlib.suppress(Exception):
+        ray.kill(drainer)
+    for _ in range(100):  # Ray frees the name shortly after the kill
+        try:
+            ray.get_actor(name, namespace=config.ray.namespace)
+        except ValueError:
+            break
+        await asyncio.sleep(0.1)
+    return None
 
 
 def _cause(exc: BaseException) -> str:

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from cxi_async.config import SAFE_NAME
+from cxi_async.metadata import HC_EV_ANGSTROM, EventMetadata, MetadataRules, read_metadata
 
 __all__ = [
     "HC_EV_ANGSTROM",
@@ -33,15 +34,13 @@ __all__ = [
     "FifoShard",
     "LogitsKind",
     "MalformedItem",
+    "Padding",
     "check_finite",
     "check_image",
     "decode_item",
     "run_label",
     "shard_names",
 ]
-
-HC_EV_ANGSTROM = 12398.4193
-"""E[eV] = HC_EV_ANGSTROM / lambda[Angstrom]."""
 
 LogitsKind = Literal["float32", "float16", "bfloat16"]
 
@@ -103,8 +102,9 @@ class MalformedItem(ValueError):
 class DecodedBatch:
     """One Q2 item as numpy views, checked for consistency.
 
-    ``logits[b*C + c, :, :H_orig, :W_orig]`` are the real pixels of panel ``c`` of event
-    ``b`` (padding is bottom-right); class 1 is "peak".
+    ``logits[b*C + c, :, top:top + H_orig, left:left + W_orig]`` are the real pixels of panel
+    ``c`` of event ``b``, with ``(top, left) = pad_offset`` (0, 0 for bottom-right padding);
+    class 1 is "peak".
     """
 
     batch_id: str
@@ -113,11 +113,9 @@ class DecodedBatch:
     original_shape: tuple[int, int, int, int]  # (B, C, H_orig, W_orig)
     padded_shape: tuple[int, int]  # (H, W)
     image_ref: Any | None  # the item's original_image_ref, untouched
-    photon_energy_ev: np.ndarray  # (B,) float64, NaN where unknown
-    timestamp: np.ndarray  # (B,) uint64 (seconds << 32 | nanoseconds), 0 where unknown
-    has_photon_energy: bool  # metadata had photon_energy or photon_wavelength
-    has_timestamp: bool  # metadata had timestamp
+    meta: EventMetadata  # energies, timestamps, datasets, and notices to say once per run
     run: tuple[str, ...] | None = None  # per-event run labels, when decoded with run_key
+    pad_offset: tuple[int, int] = (0, 0)  # (top, left): real pixels start here in the padding
 
     @property
     def num_events(self) -> int:
@@ -131,6 +129,19 @@ class DecodedBatch:
     def panel_shape(self) -> tuple[int, int]:
         """(H_orig, W_orig): the real pixels of a panel."""
         return self.original_shape[2], self.original_shape[3]
+
+    @property
+    def photon_energy_ev(self) -> np.ndarray:
+        return self.meta.photon_energy_ev
+
+    @property
+    def timestamp(self) -> np.ndarray:
+        return self.meta.timestamp
+
+    def unpadded(self, panels: np.ndarray) -> np.ndarray:
+        """A view of (N, K, H, W) panels that starts at the real pixels (no copy)."""
+        top, left = self.pad_offset
+        return panels[:, :, top:, left:] if top or left else panels
 
 
 # --------------------------------------------------------------------------- decoding
@@ -225,11 +236,38 @@ def _shape_attr(meta: Any, name: str, bid: str, ndim: int) -> tuple[int, ...] | 
     return shape
 
 
-def _shapes(item: Any, logits: np.ndarray, bid: str) -> tuple[tuple[int, int, int, int], int, int]:
+@dataclass(frozen=True)
+class Padding:
+    """Where the real pixels sit in the padded model input.
+
+    ``unpadded_shape`` is the real (H, W) of items without ``preprocessing_metadata``
+    (lclstreamer's assembled images; None: not padded); ``style`` "center" puts floor(dH/2)
+    rows on top and floor(dW/2) columns on the left, as lclstreamer's padder does.
+    """
+
+    unpadded_shape: tuple[int, int] | None = None
+    style: Literal["bottom-right", "center"] = "bottom-right"
+
+    def offset(self, real: tuple[int, int], padded: tuple[int, int]) -> tuple[int, int]:
+        if self.style == "bottom-right":
+            return 0, 0
+        return (padded[0] - real[0]) // 2, (padded[1] - real[1]) // 2
+
+
+def _shapes(
+    item: Any, logits: np.ndarray, bid: str, padding: Padding
+) -> tuple[tuple[int, int, int, int], int, int]:
     n, _, h, w = logits.shape
     meta = getattr(item, "preprocessing_metadata", None)
-    if meta is None:
-        return (n, 1, h, w), h, w  # no preprocessing information: C = 1, no padding
+    if meta is None:  # one image per event (C = 1), padded as configured
+        h_orig, w_orig = padding.unpadded_shape or (h, w)
+        if h_orig > h or w_orig > w:
+            raise MalformedItem(
+                bid,
+                f"queue.unpadded_shape (or the geometry's panel) is ({h_orig}, {w_orig}), "
+                f"larger than the padded logits ({h}, {w}) of shape {logits.shape}",
+            )
+        return (n, 1, h_orig, w_orig), h, w
     original = _shape_attr(meta, "original_shape", bid, 4)
     if original is None:
         raise MalformedItem(bid, "preprocessing_metadata has no original_shape")
@@ -256,90 +294,16 @@ def _shapes(item: Any, logits: np.ndarray, bid: str) -> tuple[tuple[int, int, in
     return (b, c, h_orig, w_orig), h, w
 
 
-def _as_array(value: Any) -> np.ndarray:
-    tensor_type = _torch_tensor_type()
-    if tensor_type is not None and isinstance(value, tensor_type):
-        import torch
-
-        t = value.detach().cpu()
-        if t.dtype == torch.bfloat16:
-            t = t.double()
-        return t.numpy()
-    return np.asarray(value)
-
-
 def _per_event(value: Any, b: int, key: str, bid: str) -> np.ndarray:
-    """A scalar broadcast to (b,), or an array of length b."""
-    try:
-        arr = _as_array(value)
-    except (ValueError, TypeError):
-        raise MalformedItem(
-            bid, f"metadata[{key!r}] is not a scalar or a flat sequence of numbers"
-        ) from None
+    """A scalar broadcast to (b,), or an array of length b (keys cxi_async needs)."""
+    arr = np.asarray(value) if not isinstance(value, (list, tuple)) else np.array(value, object)
     if arr.ndim == 0:
-        return np.full(b, arr)
+        return np.full(b, arr.item() if arr.dtype == object else arr)
     if arr.ndim != 1 or arr.shape[0] != b:
         raise MalformedItem(
             bid, f"metadata[{key!r}] has shape {arr.shape}, expected a scalar or ({b},)"
         )
     return arr
-
-
-def _positive_floats(value: Any, b: int, key: str, bid: str) -> np.ndarray:
-    arr = _per_event(value, b, key, bid)
-    if arr.dtype.kind not in "iuf":
-        raise MalformedItem(bid, f"metadata[{key!r}] has dtype {arr.dtype}, expected numbers")
-    out = arr.astype(np.float64)
-    out[~(out > 0) | ~np.isfinite(out)] = np.nan  # 0, negative, inf, NaN: unknown
-    return out
-
-
-def _timestamps(value: Any, b: int, bid: str) -> np.ndarray:
-    if isinstance(value, (list, tuple)):
-        # np.asarray would turn [2**63 + 1, 5] into float64 and lose the nanoseconds.
-        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
-            raise MalformedItem(bid, "metadata['timestamp'] holds non-integers")
-        try:
-            value = np.array(value, dtype=np.uint64)
-        except OverflowError:
-            raise MalformedItem(bid, "metadata['timestamp'] does not fit in uint64") from None
-    elif isinstance(value, int) and not isinstance(value, bool):
-        if not 0 <= value < 2**64:
-            raise MalformedItem(bid, f"metadata['timestamp'] = {value} does not fit in uint64")
-        value = np.uint64(value)
-    arr = _per_event(value, b, "timestamp", bid)
-    if arr.dtype.kind not in "iu":
-        raise MalformedItem(
-            bid,
-            f"metadata['timestamp'] has dtype {arr.dtype}, expected unsigned 64-bit integers "
-            f"(seconds << 32 | nanoseconds)",
-        )
-    return arr.astype(np.uint64)  # int64 -> uint64 keeps the bits
-
-
-def _metadata(item: Any, b: int, bid: str) -> tuple[np.ndarray, bool, np.ndarray, bool]:
-    md = getattr(item, "metadata", None)
-    if md is None:
-        md = {}
-    if not isinstance(md, Mapping):
-        raise MalformedItem(bid, f"metadata is a {type(md).__name__}, expected a dict")
-    energy = md.get("photon_energy")
-    wavelength = md.get("photon_wavelength")
-    if energy is not None:
-        ev, has_ev = _positive_floats(energy, b, "photon_energy", bid), True
-    elif wavelength is not None:
-        lam = _positive_floats(wavelength, b, "photon_wavelength", bid)
-        with np.errstate(over="ignore", divide="ignore"):
-            ev, has_ev = HC_EV_ANGSTROM / lam, True
-        ev[~np.isfinite(ev)] = np.nan
-    else:
-        ev, has_ev = np.full(b, np.nan), False
-    ts = md.get("timestamp")
-    if ts is not None:
-        stamps, has_ts = _timestamps(ts, b, bid), True
-    else:
-        stamps, has_ts = np.zeros(b, np.uint64), False
-    return ev, has_ev, stamps, has_ts
 
 
 _RUN_NAME = re.compile(SAFE_NAME)  # the names output.run accepts
@@ -378,14 +342,22 @@ def _runs(item: Any, key: str, b: int, bid: str) -> tuple[str, ...] | None:
 
 
 def decode_item(
-    item: Any, fetch: Callable[[Any], Any] | None = None, run_key: str | None = None
+    item: Any,
+    fetch: Callable[[Any], Any] | None = None,
+    run_key: str | None = None,
+    *,
+    rules: MetadataRules | None = None,
+    padding: Padding | None = None,
 ) -> DecodedBatch:
     """Check one Q2 item and return its logits and metadata as numpy, without copying logits.
 
     ``item`` is duck-typed like the producer's ``PipelineOutput``. ``fetch`` resolves
     ``predictions_ref`` (the actor passes ``ray.get``); errors it raises (e.g. an object whose
     owner died) propagate unchanged, since the item itself is not at fault. ``run_key`` names
-    the metadata key that holds each event's run (``output.run_from_metadata``).
+    the metadata key that holds each event's run (``output.run_from_metadata``); ``rules``
+    say how metadata is read (``[metadata]``), ``padding`` where the real pixels are
+    (``queue.unpadded_shape`` / ``queue.pad_style``). Metadata never rejects an item unless
+    ``run_key`` holds something that is not a run.
 
     Raises :class:`MalformedItem` naming the batch and what is wrong.
     """
@@ -421,8 +393,9 @@ def decode_item(
         )
     if 0 in logits.shape:
         raise MalformedItem(bid, f"logits have shape {logits.shape}, with no pixels")
-    original, h, w = _shapes(item, logits, bid)
-    ev, has_ev, stamps, has_ts = _metadata(item, original[0], bid)
+    padding = padding or Padding()
+    original, h, w = _shapes(item, logits, bid, padding)
+    meta = read_metadata(getattr(item, "metadata", None), original[0], rules)
     runs = _runs(item, run_key, original[0], bid) if run_key else None
     return DecodedBatch(
         batch_id=bid,
@@ -431,11 +404,9 @@ def decode_item(
         original_shape=original,
         padded_shape=(h, w),
         image_ref=getattr(item, "original_image_ref", None),
-        photon_energy_ev=ev,
-        timestamp=stamps,
-        has_photon_energy=has_ev,
-        has_timestamp=has_ts,
+        meta=meta,
         run=runs,
+        pad_offset=padding.offset(original[2:], (h, w)),
     )
 
 

@@ -29,7 +29,8 @@ FULL_RETRY_S = 0.005
 
 def replay_spec(config: Config) -> SyntheticSpec:
     spec = SyntheticSpec.from_replay(config.replay, config.peak_finding.min_num_peak)
-    return replace(spec, geom_file=config.geometry.geom_file)  # the lattice projects through it
+    # pad as the consumer expects; the lattice projects through the geometry
+    return replace(spec, pad_style=config.queue.pad_style, geom_file=config.geometry.geom_file)
 
 
 def replay_batch(config: Config, index: int) -> SyntheticBatch:
@@ -37,14 +38,20 @@ def replay_batch(config: Config, index: int) -> SyntheticBatch:
     spec = replay_spec(config)
     unique = config.replay.unique_batches
     source = make_batch(spec, index % unique if unique else index)
-    if source.batch_id == _batch_id(spec, index):
+    bid = _batch_id_for(config, index)
+    if source.batch_id == bid:
         return source
-    bid = _batch_id(spec, index)
     return replace(source, batch_id=bid, truth=[replace(t, batch_id=bid) for t in source.truth])
 
 
-def _batch_id(spec: SyntheticSpec, index: int) -> str:
-    return f"synthetic-{spec.seed}-{index:06d}"
+def _batch_id_for(config: Config, index: int) -> str:
+    """The id of batch ``index``: restarting like a new producer job's, if asked; in the
+    producer's own form (``producer_0_batch_<n>``) for the real sources' styles."""
+    rp = config.replay
+    n = index % rp.restart_batch_ids_every if rp.restart_batch_ids_every else index
+    if rp.metadata_style == "packed":
+        return f"synthetic-{rp.seed}-{n:06d}"
+    return f"producer_0_batch_{n}"
 
 
 class ReplayProducer:
@@ -104,13 +111,16 @@ class ReplayProducer:
         if parts is None:
             t0 = time.perf_counter()
             batch = await asyncio.to_thread(make_batch, replay_spec(self.config), key)
-            parts = (batch, ray.put(batch.image), self._predictions(batch))
+            image_ref = None if batch.image is None else ray.put(batch.image)
+            parts = (batch, image_ref, self._predictions(batch))
             self.generate_seconds += time.perf_counter() - t0
             if unique:
                 self.cache[key] = parts
         batch, image_ref, predictions = parts
         item = batch.to_item(image_ref=image_ref, inline=False)
         item.batch_id = _batch_id_for(self.config, index)
+        if "batch_id" in item.metadata:  # the socket producer's copy of it
+            item.metadata["batch_id"] = item.batch_id
         if self.config.replay.transport == "ref":
             item.predictions_ref = predictions
         else:
@@ -138,10 +148,6 @@ class ReplayProducer:
             delay = min(delay * 2, 0.1)
 
 
-def _batch_id_for(config: Config, index: int) -> str:
-    return _batch_id(replay_spec(config), index)
-
-
 def new_replay_producer(config: Config, num_shards: int) -> Any:
     """The producer actor, with zero-copy tensor serialisation when replay.zero_copy is set."""
     env = {"env_vars": ZERO_COPY_ENV} if config.replay.zero_copy else {}
@@ -151,10 +157,16 @@ def new_replay_producer(config: Config, num_shards: int) -> Any:
 
 
 def truth_for(config: Config, batch_ids: set[str] | None = None) -> dict[str, SyntheticBatch]:
-    """Ground truth of every replayed batch by batch_id (tests, bench)."""
+    """Ground truth of every replayed batch by batch_id (tests, bench); with restarting ids
+    (replay.restart_batch_ids_every) use truth_by_index."""
     out = {}
     for index in range(config.replay.num_batches):
         batch = replay_batch(config, index)
         if batch_ids is None or batch.batch_id in batch_ids:
             out[batch.batch_id] = batch
     return out
+
+
+def truth_by_index(config: Config) -> list[SyntheticBatch]:
+    """Ground truth of every replayed batch in put order, whatever their batch ids."""
+    return [replay_batch(config, index) for index in range(config.replay.num_batches)]

@@ -39,6 +39,7 @@ def format_summary(stats: dict) -> str:
         ("  still in flight", stats["batches_in_flight"]),
         ("events seen", seen),
         ("  written (hits)", kept),
+        ("    of them without image", stats.get("events_without_image", 0)),
         ("  filtered (< min_num_peak)", stats["events_filtered"]),
         ("  rejected", stats["events_rejected"]),
         ("  duplicates dropped", stats["events_duplicate"]),

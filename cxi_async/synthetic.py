@@ -50,6 +50,13 @@ HC_EV_ANGSTROM = 12398.4193
 """E[eV] = HC_EV_ANGSTROM / lambda[Angstrom], the conversion the producer's metadata implies."""
 
 Dtype = Literal["float32", "float16", "bfloat16"]
+# The metadata the real sources send (q2-protocol.md): "packed" uint64 timestamps and Angstrom
+# (cxi_async's own); "psana2" (lclstreamer: float64 packed timestamps, nm from the EPICS PV);
+# "psana1" (strings "<s>.<ns>", nm); "streaming" (the upstream's synthetic producer: one
+# time.time() per batch, photon_energies in eV, nested dicts, and no image).
+MetadataStyle = Literal["packed", "psana2", "psana1", "streaming"]
+Layout = Literal["panels", "assembled"]
+PadStyle = Literal["bottom-right", "center"]
 _TORCH_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -123,6 +130,9 @@ class SyntheticSpec:
     seed: int = 0
     wavelength_per_event: bool = True  # False: metadata["photon_wavelength"] is one float
     events_per_run: int = 0  # > 0: metadata["run"] = 1 + event number // events_per_run
+    metadata_style: MetadataStyle = "packed"  # the metadata of which real source (see below)
+    layout: Layout = "panels"  # "assembled": one image per event, no preprocessing_metadata
+    pad_style: PadStyle = "bottom-right"  # where an assembled image's padding goes
     pattern: Literal["random", "lattice"] = "random"  # lattice: crystal stills (lattice.py)
     cell: tuple[float, ...] = (79.1, 79.1, 37.9, 90.0, 90.0, 90.0)  # lattice: a b c al be ga
     lattice_type: str = "tetragonal"  # lattice: CrystFEL lattice_type of the cell
@@ -161,6 +171,11 @@ class SyntheticSpec:
                 raise SyntheticSpecError(
                     f"SyntheticSpec.{name} is {value!r}; allowed: an integer >= {low}."
                 )
+        if self.layout == "assembled" and self.num_panels != 1:
+            raise SyntheticSpecError(
+                f"SyntheticSpec.layout is 'assembled' with num_panels = {self.num_panels}; "
+                "allowed: 1 (one assembled image per event)."
+            )
         if self.dtype not in _TORCH_DTYPES:
             raise SyntheticSpecError(
                 f"SyntheticSpec.dtype is {self.dtype!r}; allowed: {', '.join(_TORCH_DTYPES)}."
@@ -237,9 +252,9 @@ class SyntheticBatch:
 
     batch_id: str
     logits: np.ndarray  # float32 (B*C, 2, H, W)
-    image: np.ndarray  # float32 (B*C, 1, H, W), zero padding
+    image: np.ndarray | None  # float32 (B*C, 1, H, W), zero padding; None: the source has none
     metadata: dict
-    preprocessing_metadata: PreprocessingMetadata
+    preprocessing_metadata: PreprocessingMetadata | None  # None for assembled images
     truth: list[EventTruth]
     dtype: Dtype = "float32"
     pixels: np.ndarray | None = field(
@@ -615,7 +630,11 @@ def make_batch(spec: SyntheticSpec, index: int) -> SyntheticBatch:
         row = col = np.zeros(0, dtype=np.float64)
 
     wavelength = rng.normal(1.3, 0.002, b)
-    timestamp = _timestamps(spec, index, rng)
+    if not spec.wavelength_per_event:
+        wavelength[:] = wavelength[0]
+    metadata, energies, timestamp = _styled_metadata(
+        spec, index, wavelength, _timestamps(spec, index, rng)
+    )
     runs = _runs(spec, index)
     truth = []
     start = 0
@@ -632,28 +651,31 @@ def make_batch(spec: SyntheticSpec, index: int) -> SyntheticBatch:
                 npix=npix[s].astype(np.int32),
                 total_intensity=total[s],
                 max_value=vmax[s],
-                photon_energy_ev=HC_EV_ANGSTROM
-                / float(wavelength[e] if spec.wavelength_per_event else wavelength[0]),
+                photon_energy_ev=float(energies[e]),
                 timestamp=int(timestamp[e]),
                 kept=len(placed) >= spec.min_num_peak,
                 run=None if runs is None else int(runs[e]),
             )
         )
 
-    metadata = {
-        "photon_wavelength": wavelength if spec.wavelength_per_event else float(wavelength[0]),
-        "timestamp": timestamp,
-    }
     if runs is not None:
         metadata["run"] = runs
+    preprocessing = PreprocessingMetadata(
+        original_shape=(b, c, h, w), preprocessed_shape=(nrows, 1, hp, wp)
+    )
+    if spec.layout == "assembled":  # lclstreamer's PeakNet preprocessing: no shape metadata
+        preprocessing = None
+        shift = _pad_offset(spec)
+        if shift != (0, 0):  # the padding (decoys included) wraps to the top and left
+            logits = np.roll(logits, shift, axis=(2, 3))
+            image = np.roll(image, shift, axis=(2, 3))
+            pixels = pixels + np.array([0, *shift])
     batch = SyntheticBatch(
         batch_id=batch_id,
         logits=logits,
-        image=image,
+        image=None if spec.metadata_style == "streaming" else image,
         metadata=metadata,
-        preprocessing_metadata=PreprocessingMetadata(
-            original_shape=(b, c, h, w), preprocessed_shape=(nrows, 1, hp, wp)
-        ),
+        preprocessing_metadata=preprocessing,
         truth=truth,
         dtype=spec.dtype,
         pixels=pixels,
@@ -663,6 +685,61 @@ def make_batch(spec: SyntheticSpec, index: int) -> SyntheticBatch:
 
         return diffract_batch(batch, spec, index)
     return batch
+
+
+def _pad_offset(spec: SyntheticSpec) -> tuple[int, int]:
+    """(top, left) of the real pixels: floor(dH/2), floor(dW/2) when centred, as lclstreamer."""
+    if spec.pad_style == "bottom-right":
+        return 0, 0
+    (h, w), (hp, wp) = spec.panel_shape, spec.padded_shape
+    return (hp - h) // 2, (wp - w) // 2
+
+
+def _styled_metadata(
+    spec: SyntheticSpec, index: int, wavelength: np.ndarray, stamps: np.ndarray
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(metadata as the style's source sends it, true energies in eV, true psana timestamps).
+
+    The truth is what the source means, computed here without cxi_async's reader: a float64
+    timestamp keeps only the bits a float64 holds, a batch's ``time.time()`` is one instant.
+    """
+    style = spec.metadata_style
+    socket = {
+        "producer_id": 0,
+        "batch_id": f"producer_0_batch_{index}",
+        "detector_distance": 100.0 + index / 4,  # mm, PV MFX:DET:MMS:04.RBV (per batch)
+    }
+    if style == "packed":
+        energies = HC_EV_ANGSTROM / wavelength
+        value = wavelength if spec.wavelength_per_event else float(wavelength[0])
+        return {"photon_wavelength": value, "timestamp": stamps}, energies, stamps
+    if style in ("psana1", "psana2"):
+        nm = wavelength / 10.0
+        energies = HC_EV_ANGSTROM / (nm * 10.0)
+        if style == "psana2":
+            as_float = stamps.astype(np.float64)
+            stamps = np.array([int(v) for v in as_float], np.uint64)
+            value: Any = as_float
+        else:
+            seconds, ns = stamps >> np.uint64(32), stamps & np.uint64(0xFFFFFFFF)
+            value = np.array([f"{s}.{n}" for s, n in zip(seconds, ns, strict=True)])
+        wave = nm if spec.wavelength_per_event else float(nm[0])
+        return {**socket, "timestamp": value, "photon_wavelength": wave}, energies, stamps
+    # "streaming": one time.time() per batch, 1/256 s apart (exact in float64, as truth).
+    seconds = _T0_SECONDS + spec.seed % 1_000_000 + index // 256
+    fraction = index % 256
+    stamps = np.full(stamps.shape, (seconds << 32) | (fraction * 3_906_250), np.uint64)
+    energies = HC_EV_ANGSTROM / wavelength
+    metadata = {
+        "producer_id": 0,
+        "batch_index": index,
+        "timestamp": seconds + fraction / 256,
+        "photon_energies": [float(e) for e in energies],
+        "run_id": f"run_0_{index // 100}",
+        "detector_settings": {"gain": "high", "exposure_time": 0.001, "binning": "1x1"},
+        "experimental_conditions": {"temperature": 295.0, "pressure": 1013.25},
+    }
+    return metadata, energies, stamps
 
 
 def iter_batches(

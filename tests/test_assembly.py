@@ -251,34 +251,24 @@ def test_filtered_counts_go_to_the_open_file():
     assert second.filtered == 4
 
 
-def test_second_copy_of_a_batch_is_acked_at_once_as_duplicates():
+def test_a_resent_delivery_is_acked_at_once_as_duplicates():
+    # A writer's replacement may be sent a delivery again that is already in a file.
     a = assembler(events_per_file=10)
-    assert a.add(result(1, [0, 1, 2], batch_id="b", filtered=1)) == []
-    acks = a.add(result(2, [0, 1, 2], batch_id="b", filtered=1))
-    assert acks == [done(2, written=0, filtered=1, duplicates=3)]
-    assert a.duplicates == 3
-    assert a.pending_events == 3
+    assert a.add(result(1, [0, 1, 2], filtered=1)) == []
     assert a.file_written(a.take_file()) == [done(1, written=3, filtered=1)]
+    assert a.add(result(1, [0, 1, 2], filtered=1)) == [done(1, 0, filtered=1, duplicates=3)]
+    assert a.duplicates == 3 and a.pending_events == 0
 
 
-def test_partly_overlapping_copy_writes_only_the_new_events():
+def test_a_partly_written_resend_writes_only_the_new_events():
     a = assembler(events_per_file=10)
-    a.add(result(1, [0, 1], batch_id="b"))
-    assert a.add(result(2, [1, 2], batch_id="b")) == []
-    batch = a.take_file()
-    assert keys(batch) == [(1, 0), (1, 1), (2, 2)]
-    assert a.file_written(batch) == [
-        done(1, written=2, filtered=0),
-        done(2, written=1, filtered=0, duplicates=1),
-    ]
-    assert a.duplicates == 1
-
-
-def test_dedup_outlives_the_write():
-    a = assembler(events_per_file=1)
-    a.add(result(1, [0], batch_id="b"))
+    a.add(result(1, [0, 1]))
     a.file_written(a.take_file())
-    assert a.add(result(2, [0], batch_id="b")) == [done(2, written=0, filtered=0, duplicates=1)]
+    assert a.add(result(1, [1, 2])) == []
+    batch = a.take_file()
+    assert keys(batch) == [(1, 2)]
+    assert a.file_written(batch) == [done(1, written=1, filtered=0, duplicates=1)]
+    assert a.duplicates == 1
 
 
 def test_same_events_of_different_batches_are_not_duplicates():
@@ -301,17 +291,27 @@ def test_same_delivery_id_twice_is_ignored():
 
 def test_remember_batches_bounds_the_dedup_memory():
     a = assembler(events_per_file=100, remember_batches=2)
-    a.add(result(1, [0], batch_id="a"))
-    a.add(result(2, [0], batch_id="b"))
-    assert list(a.seen) == ["a", "b"]
-    # A copy of "a" refreshes it, so "b" is the oldest when "c" arrives.
-    assert a.add(result(3, [0], batch_id="a")) == [done(3, written=0, filtered=0, duplicates=1)]
-    a.add(result(4, [0], batch_id="c"))
-    assert list(a.seen) == ["a", "c"]
-    assert a.add(result(5, [0], batch_id="a"))[0].duplicates == 1
-    assert a.add(result(6, [0], batch_id="b")) == []  # forgotten: written again
+    a.add(result(1, [0]))
+    a.add(result(2, [0]))
+    assert list(a.seen) == [1, 2]
+    a.file_written(a.take_file())
+    # A re-send of delivery 1 (a writer's replacement) refreshes it: 2 is then the oldest.
+    assert a.add(result(1, [0])) == [done(1, written=0, filtered=0, duplicates=1)]
+    a.add(result(3, [0]))
+    assert list(a.seen) == [1, 3]
+    assert a.add(result(2, [0])) == []  # forgotten: written again
     assert len(a.seen) == 2
-    assert keys(a.take_file()) == [(1, 0), (2, 0), (4, 0), (6, 0)]
+
+
+def test_one_producer_batch_id_in_two_deliveries_is_written_twice():
+    # The producer's ids restart with every job: two items with one id are two batches.
+    a = assembler(events_per_file=100)
+    assert a.add(result(1, [0, 1], batch_id="producer_0_batch_0")) == []
+    assert a.add(result(2, [0, 1], batch_id="producer_0_batch_0")) == []
+    assert a.duplicates == 0
+    batch = a.take_file()
+    assert keys(batch) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert a.file_written(batch) == [done(1, written=2, filtered=0), done(2, written=2, filtered=0)]
 
 
 # ------------------------------------------------------------------ failures
@@ -355,84 +355,6 @@ def test_failed_files_are_retried_in_the_order_they_were_taken():
     assert a.take_file() is second
 
 
-# ------------------------------------------------------------------ drop_events (image lost)
-
-
-def test_drop_events_removes_a_delivery_from_open_and_retry_files():
-    a = assembler(events_per_file=3)
-    a.add(result(1, [0, 1, 2, 3], filtered=2))
-    retry = a.take_file()  # (1, 0..2)
-    a.file_failed(retry)
-    a.add(result(2, [0]))
-    assert a.pending_events == 5
-    ack = a.drop_events(1, "the detector image is gone")
-    assert ack == done(
-        1, written=0, filtered=2, rejected=4, duplicates=0, reason="the detector image is gone"
-    )
-    assert a.retry == []  # the failed file held only delivery 1
-    assert keys(FileBatch(a.open_events, 0)) == [(2, 0)]
-    assert a.pending_events == 1
-    assert a.drop_events(1, "again") is None  # finished: nothing to drop
-    assert a.file_written(a.take_file()) == [done(2, written=1, filtered=0)]
-
-
-def test_drop_events_keeps_other_deliveries_in_a_retry_file():
-    a = assembler(events_per_file=3)
-    a.add(result(1, [0, 1]))
-    a.add(result(2, [0, 1]))
-    batch = a.take_file()  # (1, 0), (1, 1), (2, 0)
-    a.file_failed(batch)
-    assert a.drop_events(1, "gone").rejected == 2
-    assert keys(a.retry[0]) == [(2, 0)]
-    assert a.file_written(a.take_file()) == []
-    assert a.file_written(a.take_file()) == [done(2, written=2, filtered=0)]
-
-
-def test_drop_after_part_was_written_reports_both():
-    a = assembler(events_per_file=2)
-    a.add(result(1, [0, 1, 2], filtered=1, batch_id="b"))
-    assert a.file_written(a.take_file()) == []
-    ack = a.drop_events(1, "gone")
-    assert ack == done(1, written=2, filtered=1, rejected=1, duplicates=0, reason="gone")
-    assert a.pending_events == 0
-
-
-def test_drop_from_the_file_being_written_as_the_writer_does():
-    # The writer takes a file, finds an image lost, removes that delivery's events from the
-    # file it holds, then drops them from the files still pending.
-    a = assembler(events_per_file=3)
-    a.add(result(1, [0, 1]))
-    a.add(result(2, [0, 1]))
-    batch = a.take_file()
-    batch.events = [e for e in batch.events if e.delivery_id != 1]
-    assert a.drop_events(1, "gone") == done(1, written=0, filtered=0, rejected=2, reason="gone")
-    assert a.file_written(batch) == []
-    assert a.file_written(a.take_file()) == [done(2, written=2, filtered=0)]
-
-
-def test_drop_unknown_delivery():
-    assert assembler().drop_events(42, "gone") is None
-
-
-def test_drop_events_that_empties_the_open_file_resets_its_age():
-    clock = Clock(0.0)
-    a = assembler(events_per_file=100, max_file_age_s=10.0, clock=clock)
-    a.add(result(1, [0]))
-    clock.t = 20.0
-    a.drop_events(1, "gone")
-    assert a.seconds_until_due() is None
-    a.add(result(2, [0]))
-    assert a.seconds_until_due() == 10.0
-
-
-def test_dropped_events_can_be_written_from_another_copy():
-    a = assembler(events_per_file=10)
-    a.add(result(1, [0, 1], batch_id="b"))
-    a.drop_events(1, "the detector image is gone")
-    assert a.add(result(2, [0, 1], batch_id="b")) == []
-    assert a.file_written(a.take_file()) == [done(2, written=2, filtered=0)]
-
-
 # ------------------------------------------------------------------ property
 
 
@@ -448,7 +370,6 @@ ops = st.lists(
         st.tuples(st.just("take")),
         st.tuples(st.just("written"), st.integers(0, 10)),
         st.tuples(st.just("failed"), st.integers(0, 10)),
-        st.tuples(st.just("drop"), st.integers(0, 7)),
     ),
     max_size=40,
 )
@@ -461,10 +382,10 @@ def test_every_kept_event_is_acked_exactly_once(ops, events_per_file, parked):
     in_flight: list[FileBatch] = []
     added: dict[int, BatchResult] = {}  # first result of each delivery id
     acks: list[Ack] = []
-    written_events: list[tuple[str, int]] = []
+    written_events: list[tuple[int, int]] = []
 
     def write(batch: FileBatch) -> None:
-        written_events.extend((e.batch_id, e.event.event_index) for e in batch.events)
+        written_events.extend((e.delivery_id, e.event.event_index) for e in batch.events)
         acks.extend(a.file_written(batch))
 
     for op in ops:
@@ -485,13 +406,6 @@ def test_every_kept_event_is_acked_exactly_once(ops, events_per_file, parked):
                 write(batch)
             else:
                 a.file_failed(batch)
-        elif op[0] == "drop":
-            # As the writer does: the file in its hands loses the events first.
-            for batch in in_flight:
-                batch.events = [e for e in batch.events if e.delivery_id != op[1]]
-            ack = a.drop_events(op[1], "gone")
-            if ack is not None:
-                acks.append(ack)
 
     # Drain: write everything still held.
     for batch in in_flight:
@@ -558,16 +472,3 @@ def test_retry_goes_before_files_closed_by_a_run_change():
     assert runs_of(a.take_file()) == ["b"]
     assert not a.due()  # "c" stays open until it is due
     assert runs_of(a.take_file()) == ["c"]
-
-
-def test_drop_events_reaches_files_closed_by_a_run_change():
-    a = assembler(events_per_file=10)
-    a.add(result(1, [0, 1], runs=["a", "a"]))
-    a.add(result(2, [0], runs=["a"]))
-    a.add(result(3, [0], runs=["b"]))
-    assert len(a.closed) == 1
-    a.drop_events(1, "gone")
-    assert keys(a.closed[0]) == [(2, 0)]
-    a.drop_events(2, "gone")
-    assert a.closed == [] and not a.due()
-    assert a.pending_events == 1

@@ -183,25 +183,47 @@ def test_bad_construction(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- atomicity
 
 
-def test_failed_replace_keeps_old_file_and_retries(tmp_path: Path, monkeypatch) -> None:
+def test_failed_append_is_cut_back_and_retried(tmp_path: Path, monkeypatch) -> None:
+    """A disk that fills in mid-append: the half line is cut, the next call appends it whole."""
     a, b = _cxi(tmp_path, 0), _cxi(tmp_path, 1)
     cat = Catalog(tmp_path, "peaknet", "r1")
     cat.add_file(a, 1)
     before = {n: (tmp_path / n).read_text() for n in (FILES_LIST, EVENTS_LIST)}
+    real_write = os.write
 
-    def refuse(src, dst):
+    def half_then_full(fd, data):
+        real_write(fd, bytes(data[: len(data) // 2]))
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(catalog_mod.os, "replace", refuse)
-    with pytest.raises(CatalogError, match="No space left on device; its previous version"):
+    monkeypatch.setattr(catalog_mod.os, "write", half_then_full)
+    with pytest.raises(CatalogError, match="No space left on device; it keeps its earlier"):
         cat.add_file(b, 2)
     assert {n: (tmp_path / n).read_text() for n in before} == before
-    assert _leftovers(tmp_path) == []
+    assert cat.is_listed(b) and not cat.add_file(b, 2)  # pending, not listed twice
 
     monkeypatch.undo()
-    cat.flush()  # the held-back entry is written by the next write
+    cat.flush()  # the held-back entry is appended by the next call
     assert (tmp_path / FILES_LIST).read_text() == f"{a}\n{b}\n"
     assert (tmp_path / EVENTS_LIST).read_text() == f"{a} //0\n{b} //0\n{b} //1\n"
+
+
+def test_a_failure_after_events_lst_resumes_at_files_lst(tmp_path: Path, monkeypatch) -> None:
+    a = _cxi(tmp_path, 0)
+    cat = Catalog(tmp_path, "peaknet", "r1")
+    real_open = os.open
+
+    def refuse_files_lst(path, *args, **kwargs):
+        if Path(path).name == FILES_LIST:
+            raise OSError(5, "Input/output error")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(catalog_mod.os, "open", refuse_files_lst)
+    with pytest.raises(CatalogError, match="Input/output error"):
+        cat.add_file(a, 2)
+    monkeypatch.undo()
+    cat.flush()
+    assert (tmp_path / EVENTS_LIST).read_text() == f"{a} //0\n{a} //1\n"  # not twice
+    assert (tmp_path / FILES_LIST).read_text() == f"{a}\n"
 
 
 def test_failure_while_writing_leaves_old_content(tmp_path: Path) -> None:
@@ -254,14 +276,55 @@ def test_restart_continues_without_duplicates(tmp_path: Path) -> None:
 
 
 def test_restart_after_crash_between_the_two_lists(tmp_path: Path) -> None:
-    """events.lst is written first; files.lst is rebuilt from it on the next start."""
+    """files.lst is the commit record: events of a file it does not name are cut on load
+    (their count may be incomplete; the drainer lists such a file again from its content)."""
     a, b = _cxi(tmp_path, 0), _cxi(tmp_path, 1)
     (tmp_path / EVENTS_LIST).write_text(f"{a} //0\n{b} //0\n{b} //1\n")
     (tmp_path / FILES_LIST).write_text(f"{a}\n")
     cat = Catalog(tmp_path, "peaknet", "r2")
-    assert cat.entries == [FileEntry(str(a), 1), FileEntry(str(b), 2)]
-    cat.flush()
+    assert cat.entries == [FileEntry(str(a), 1)]
+    assert (tmp_path / EVENTS_LIST).read_text() == f"{a} //0\n"
+    assert not cat.is_listed(b)
+    assert cat.add_file(b, 3)
+    assert (tmp_path / EVENTS_LIST).read_text() == f"{a} //0\n{b} //0\n{b} //1\n{b} //2\n"
     assert (tmp_path / FILES_LIST).read_text() == f"{a}\n{b}\n"
+
+
+@pytest.mark.parametrize("torn", [FILES_LIST, EVENTS_LIST])
+def test_restart_cuts_a_torn_last_line(tmp_path: Path, torn: str) -> None:
+    """A crash in mid-append leaves a last line without its newline: it is cut on load."""
+    a, b, c = _cxi(tmp_path, 0), _cxi(tmp_path, 1), _cxi(tmp_path, 2)
+    first = Catalog(tmp_path, "peaknet", "r1")
+    first.add_file(a, 2)
+    first.add_file(b, 1)
+    whole = {n: (tmp_path / n).read_bytes() for n in (FILES_LIST, EVENTS_LIST)}
+    with open(tmp_path / torn, "ab") as fh:  # what a crash while appending c leaves
+        fh.write(f"{c} //".encode() if torn == EVENTS_LIST else str(c)[:-3].encode())
+    second = Catalog(tmp_path, "peaknet", "r2")
+    assert {n: (tmp_path / n).read_bytes() for n in whole} == whole
+    assert second.entries == [FileEntry(str(a), 2), FileEntry(str(b), 1)]
+    assert second.add_file(c, 1)
+    assert (tmp_path / FILES_LIST).read_text() == f"{a}\n{b}\n{c}\n"
+    assert (tmp_path / EVENTS_LIST).read_text() == f"{a} //0\n{a} //1\n{b} //0\n{c} //0\n"
+    assert second.run_entries == [FileEntry(str(c), 1)]
+
+
+def test_restart_completes_a_run_directory_a_crash_left_behind(tmp_path: Path) -> None:
+    """Killed after the whole lists but before the run's own: the run's lists are rebuilt."""
+    run = tmp_path / "r0001"
+    run.mkdir()
+    a, b = _cxi(run, 0, "r0001"), _cxi(run, 1, "r0001")
+    first = Catalog(tmp_path, "peaknet", "r1")
+    first.add_file(a, 1)
+    with open(tmp_path / EVENTS_LIST, "a") as fh:
+        fh.write(f"{b} //0\n{b} //1\n")
+    with open(tmp_path / FILES_LIST, "a") as fh:
+        fh.write(f"{b}\n")
+    with open(run / EVENTS_LIST, "a") as fh:
+        fh.write(f"{b} //0\n{b}")  # torn in the run's own events.lst
+    Catalog(tmp_path, "peaknet", "r2")
+    assert (run / EVENTS_LIST).read_text() == f"{a} //0\n{b} //0\n{b} //1\n"
+    assert (run / FILES_LIST).read_text() == f"{a}\n{b}\n"
 
 
 def test_restart_refuses_a_malformed_events_list(tmp_path: Path) -> None:
@@ -292,6 +355,7 @@ def test_status_json_fields(tmp_path: Path) -> None:
         "events_filtered": 50,
         "events_rejected": 8,
         "events_duplicate": 1,
+        "events_without_image": 0,
         "hit_rate": 30 / 80,
         "files": 2,
         "files_listed": 1,
@@ -301,6 +365,8 @@ def test_status_json_fields(tmp_path: Path) -> None:
         "credits_in_use": 4,
         "credits": 16,
         "q2_depth": 7,
+        "q2_full": False,
+        "q2_full_seconds": 0.0,
         "latency_p50_s": 0.25,
         "latency_p99_s": 1.5,
         "elapsed_s": 10.0,
@@ -314,6 +380,8 @@ def test_status_json_fields(tmp_path: Path) -> None:
     assert again["events_per_s_recent"] == 10 / 4  # e.g. the final status: keep the last rate
     stopping = cat.write_status(_stats(stopping=True, stop_reason="asked to drain"))
     assert (stopping["state"], stopping["stop_reason"]) == ("stopping", "asked to drain")
+    full = cat.write_status(_stats(q2_full=True, q2_full_seconds=12.5))
+    assert (full["q2_full"], full["q2_full_seconds"]) == (True, 12.5)
 
 
 def test_status_without_events_has_null_hit_rate(tmp_path: Path) -> None:

@@ -433,6 +433,18 @@ def test_sigterm_during_a_file_write_flushes_and_exits_0(cli, tmp_path):
     )
 
 
+def test_sighup_of_a_closed_terminal_flushes_and_exits_0(cli, tmp_path):
+    """SIGHUP to the whole process group, as a closed terminal or SSH session sends it."""
+    stop_drill(
+        cli,
+        tmp_path,
+        ["debug.write_delay_s=2.0", "replay.num_batches=12"],
+        ready=lambda s: s.get("events_seen", 0) > 0 and s.get("state") == "running",
+        sig=signal.SIGHUP,
+        group=True,
+    )
+
+
 @pytest.mark.slow
 def test_ctrl_c_during_a_finders_work_flushes_and_exits_0(cli, tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl+C sends it (Ray's too)."""

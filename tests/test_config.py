@@ -451,3 +451,31 @@ def test_structs_are_frozen_and_replaceable():
     cfg2 = msgspec.structs.replace(cfg, processing=ProcessingConfig(credits=3))
     assert cfg2.processing.credits == 3 and cfg.processing.credits == 8
     assert Config(output=OutputConfig(num_writers=2), replay=ReplayConfig(enabled=True))
+
+
+def test_metadata_datasets_and_constants_are_checked():
+    ok = load_config(
+        overrides=[
+            'metadata.datasets={"/LCLS/detector_1/EncoderValue" = "detector_distance"}',
+            "metadata.constants={coffset = 0.01, beamline = 'MFX'}",
+            "metadata.wavelength_unit=nm",
+        ]
+    )
+    assert ok.metadata.datasets == {"/LCLS/detector_1/EncoderValue": "detector_distance"}
+    assert ok.metadata.constants == {"coffset": 0.01, "beamline": "MFX"}
+    for path, words in (
+        ("LCLS/x", "must be absolute"),
+        ("/LCLS/photon_energy_eV", "cxi_async writes /LCLS/photon_energy_eV itself"),
+        ("/entry_1/result_1/extra", "cxi_async writes /entry_1 itself"),
+    ):
+        err = error(overrides=[f'metadata.datasets={{"{path}" = "k"}}'])
+        assert err.key == "metadata.datasets" and words in str(err)
+    err = error(overrides=["metadata.constants={run = 'x'}"])
+    assert err.key == "metadata.constants" and "cxi_async writes itself" in str(err)
+    err = error(overrides=["metadata.wavelength_unit=mm"])
+    assert err.key == "metadata.wavelength_unit"
+
+
+def test_assembled_replay_needs_one_panel():
+    err = error(overrides=["replay.enabled=true", "replay.layout=assembled"])
+    assert err.key == "replay.num_panels" and "replay.num_panels = 1" in str(err)

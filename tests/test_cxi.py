@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import cxi_async
+from cxi_async import cxi as cxi_mod
 from cxi_async.cxi import (
     CxiEvents,
     CxiWriteError,
@@ -21,6 +22,7 @@ from cxi_async.cxi import (
     SequenceCounter,
     cxi_file_name,
     inprogress_path,
+    rename_noreplace,
     write_cxi_file,
 )
 
@@ -389,6 +391,49 @@ def test_never_overwrites_an_existing_file(tmp_path: Path, records) -> None:
         write_cxi_file(final, ev, SLAB, None)
     assert final.read_bytes() == b"earlier file"
     assert not inprogress_path(final).exists()
+
+
+@pytest.mark.parametrize("how", ["renameat2", "link"])
+def test_rename_noreplace_refuses_a_taken_name(tmp_path: Path, monkeypatch, how: str) -> None:
+    if how == "link":
+        monkeypatch.setattr(cxi_mod, "_renameat2", None)  # the fallback: link + unlink
+    elif cxi_mod._renameat2 is None:
+        pytest.skip("this libc has no renameat2")
+    src, dst = tmp_path / "a.inprogress", tmp_path / "a.cxi"
+    src.write_bytes(b"new")
+    dst.write_bytes(b"finished")
+    with pytest.raises(FileExistsError):
+        rename_noreplace(src, dst)
+    assert (src.read_bytes(), dst.read_bytes()) == (b"new", b"finished")
+    other = tmp_path / "b.cxi"
+    rename_noreplace(src, other)
+    assert not src.exists() and other.read_bytes() == b"new"
+
+
+def test_a_taken_name_moves_on_to_the_next(tmp_path: Path, records) -> None:
+    """Two writers with one counter value (two pipelines, or two starts in the same second):
+    the second takes the next number, before writing or at the rename."""
+    ev = CxiEvents.pack(records, M)
+    names = iter(tmp_path / cxi_file_name("p", "r1", seq) for seq in range(1, 10))
+    taken = tmp_path / "p_r1_000000.cxi"
+    taken.write_bytes(b"earlier file")
+    assert write_cxi_file(taken, ev, SLAB, None, next_name=lambda: next(names)) == (
+        tmp_path / "p_r1_000001.cxi"
+    )
+
+    def steal(i: int, out: np.ndarray) -> None:  # another writer renames onto our name
+        out[...] = 0
+        (tmp_path / "p_r1_000002.cxi").write_bytes(b"the other writer")
+
+    written = write_cxi_file(
+        tmp_path / "p_r1_000002.cxi", ev, SLAB, steal, next_name=lambda: next(names)
+    )
+    assert written == tmp_path / "p_r1_000003.cxi"
+    assert taken.read_bytes() == b"earlier file"
+    assert (tmp_path / "p_r1_000002.cxi").read_bytes() == b"the other writer"
+    with h5py.File(written, "r") as f:
+        assert f["/entry_1/result_1/nPeaks"].shape == (4,)
+    assert not list(tmp_path.glob("*.inprogress"))
 
 
 def test_file_name() -> None:

@@ -23,7 +23,7 @@ import ray
 import torch
 
 from cxi_async.actors.q2_shard import ZERO_COPY_ENV, RemoteQ2Shard, connect_shards
-from cxi_async.pipeline import Pipeline
+from cxi_async.pipeline import Pipeline, PipelineError, drainer_name
 from cxi_async.replay import new_replay_producer, replay_batch, truth_for
 from tests.conftest import check_against_truth, read_cxi_files
 from tests.test_pipeline import assert_books_balance
@@ -96,7 +96,7 @@ async def test_leftover_inprogress_files_are_removed_at_start(make_config):
 
 
 @pytest.mark.parametrize(
-    "policy", ["reject", pytest.param("write_without_image", marks=pytest.mark.slow)]
+    "policy", ["write_without_image", pytest.param("reject", marks=pytest.mark.slow)]
 )
 async def test_images_whose_owner_died(make_config, policy):
     """The producer exits before cxi_async reads its images: reject, or write peaks only."""
@@ -125,9 +125,11 @@ async def test_images_whose_owner_died(make_config, policy):
         kept = {(t.batch_id, t.event_index) for b in truth.values() for t in b.truth if t.kept}
         assert set(events) == kept
         assert final["events_rejected"] == 0
+        assert final["events_without_image"] == len(kept)  # counted, and said once
         for path in pipeline.output_dir.glob("*.cxi"):
             with h5py.File(path) as f:
                 assert f.attrs["images_missing"]
+                assert f.attrs["images_missing_events"] == f.attrs["n_events"]
 
 
 async def test_write_failures_pause_draining_and_resume(make_config, tmp_path):
@@ -313,5 +315,108 @@ async def test_item_whose_class_cannot_be_unpickled(make_config, tmp_path):
     assert final["batches_rejected"] == 1
     (reason,) = [r["reason"] for r in final["last_rejections"]]
     assert "could not be read from Q2" in reason
+    assert "it needs the module 'only_on_producer_nodes'" in reason  # the first names the fix
+    assert "PYTHONPATH or Ray's runtime_env" in reason
     with contextlib.suppress(Exception):
         ray.kill(shard)
+
+
+async def test_a_pause_in_the_stream_closes_the_open_file(make_config):
+    """Q2 runs dry with hits parked in the open file: they are written at once, not at age."""
+    config = make_config(
+        "replay.enabled=false",
+        "replay.num_batches=2",
+        "queue.maxsize_per_shard=8",
+        "output.events_per_file=100",
+        "output.max_file_age_s=600",
+        "output.idle_flush_s=0.5",
+        "stop.idle_timeout_s=600",
+    )
+    producer = new_replay_producer(config, num_shards=1)
+    await producer.run.remote()
+    pipeline = await Pipeline.start(config)
+    try:
+        stats = await wait_for(lambda s: s["files"] >= 1 and s["batches_in_flight"] == 0, pipeline)
+        assert not stats["stopping"]  # written because of the pause, not a stop
+        kept = sum(t.kept for b in truth_for(config).values() for t in b.truth)
+        assert stats["events_written"] == kept
+    finally:
+        ray.kill(producer)
+        await pipeline.drain_and_stop()
+
+
+@pytest.mark.slow  # two pipelines: ~60 s on 2 shared cores
+async def test_two_pipelines_in_one_directory_never_overwrite(make_config):
+    """Two pipelines, one output directory, one run label (as two starts within the same
+    second of the time label): names collide, and every file of both survives."""
+    configs = [
+        make_config("output.run=same", f"replay.seed={seed}", "replay.num_batches=4")
+        for seed in (1, 2)
+    ]
+    pipelines = await asyncio.gather(*(Pipeline.start(c) for c in configs))
+    finals = [await finish(p) for p in pipelines]
+    out = pipelines[0].output_dir
+    assert out == pipelines[1].output_dir
+    events = read_cxi_files(out)  # asserts no event is in two files
+    kept = [check_against_truth(events, truth_for(c), panel_height=32)[0] for c in configs]
+    assert [f["events_written"] for f in finals] == kept
+    assert len(events) == sum(kept)
+    files = sorted(str(p) for p in out.glob("*.cxi"))
+    assert len(files) == sum(f["files"] for f in finals)
+    assert sorted((out / "files.lst").read_text().splitlines()) == files
+    assert len((out / "events.lst").read_text().splitlines()) == sum(kept)
+
+
+@pytest.mark.parametrize("role", ["finder", pytest.param("writer", marks=pytest.mark.slow)])
+async def test_an_actor_killed_while_starting_is_replaced(make_config, role):
+    """Killed in its __init__ (the issue's 'actor never ran'): replaced, and the run is whole."""
+    config = make_config("debug.init_delay_s=4.0", "replay.num_batches=4")
+    start = asyncio.ensure_future(Pipeline.start(config))
+    drainer = None
+    while True:  # the drainer's handles exist as soon as it asked Ray for the actors
+        assert not start.done(), "started before the actor could be killed"
+        with contextlib.suppress(ValueError):
+            drainer = drainer or ray.get_actor(drainer_name(config), config.ray.namespace)
+        actors = await drainer.actors.remote() if drainer else {}
+        if actors.get(f"{role}s"):
+            break
+        await asyncio.sleep(0.05)
+    ray.kill(actors[f"{role}s"][0])
+    pipeline = await start
+    final = await finish(pipeline)
+    assert final["replacements"].get(role, 0) >= 1
+    kept, filtered = check_against_truth(
+        read_cxi_files(pipeline.output_dir), truth_for(config), panel_height=32
+    )
+    assert (final["events_written"], final["events_filtered"]) == (kept, filtered)
+
+
+async def test_a_start_that_cannot_succeed_says_which_actor_where_and_why(make_config):
+    config = make_config("debug.fail_init=writer", "replay.num_batches=2")
+    with pytest.raises(PipelineError) as caught:
+        await Pipeline.start(config)
+    message = str(caught.value)
+    node = ray.util.get_node_ip_address()
+    assert message == (
+        f"writer 0 died while starting on node {node} (3 times): RuntimeError: "
+        "debug.fail_init = 'writer': this writer refuses to start."
+    )
+    with pytest.raises(ValueError):  # nothing is left running
+        ray.get_actor(drainer_name(config), config.ray.namespace)
+
+
+@pytest.mark.slow
+async def test_a_writer_killed_between_accepting_a_result_and_replying(make_config):
+    """The result is in the dead writer's inbox but its sender never heard back: the drainer
+    re-sends it to the replacement, and every event is in exactly one file."""
+    config = make_config("debug.reply_delay_s=1.0", "replay.num_batches=8")
+    pipeline = await Pipeline.start(config)
+    await wait_for(lambda s: s["writers"][0].get("replying", 0) >= 1, pipeline)
+    actors = await pipeline.drainer.actors.remote()
+    ray.kill(actors["writers"][0])
+    final = await finish(pipeline)
+    assert final["replacements"].get("writer", 0) >= 1
+    events = read_cxi_files(pipeline.output_dir)  # asserts no event is in two files
+    kept, filtered = check_against_truth(events, truth_for(config), panel_height=32)
+    assert (final["events_written"], final["events_filtered"]) == (kept, filtered)
+    assert len(events) == kept

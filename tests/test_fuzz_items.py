@@ -229,6 +229,10 @@ def good_values(key: str, b: int) -> list[Any]:
             np.arange(b, dtype=np.uint64) << np.uint64(32),
             torch.arange(b, dtype=torch.int64),
             list(range(b)),
+            1_700_000_000.25,  # time.time()
+            np.full(b, float(2**62)),  # psana2's float64 of the packed value
+            "1700000000.5",  # psana1
+            np.array(["1700000000.5"] * b),
             None,
         ]
     return [
@@ -271,10 +275,8 @@ def bad_values(key: str, b: int) -> list[Any]:
 
 @st.composite
 def metadata(draw, case: Case, b: int) -> Any:
-    if "metadata" in case.faults:
-        outer = draw(st.sampled_from([[1, 2], "photon_energy=9000", 3.0]))
-        case.bad.append(f"metadata is a {type(outer).__name__}")
-        return outer
+    if "metadata" in case.faults:  # not a dict: ignored, never a rejection
+        return draw(st.sampled_from([[1, 2], "photon_energy=9000", 3.0]))
     if draw(st.integers(0, 5)) == 0:
         return None
     keys = ("photon_energy", "photon_wavelength", "timestamp", "run")
@@ -282,8 +284,8 @@ def metadata(draw, case: Case, b: int) -> Any:
     if "metadata_value" in case.faults:
         key = draw(st.sampled_from(keys))
         md[key] = draw(st.sampled_from(bad_values(key, b)))
-        # A wavelength beside a photon_energy is never read: photon_energy wins.
-        if key != "photon_wavelength" or md.get("photon_energy") is None:
+        # Only the run can reject a batch: a bad energy or timestamp is unknown (fallback, 0).
+        if key == "run":
             case.bad.append(f"metadata[{key!r}] = {md[key]!r}")
             if isinstance(md[key], list) and md[key] and isinstance(md[key][0], list):
                 case.unsure |= len({len(v) for v in md[key]}) > 1  # ragged
@@ -500,9 +502,11 @@ def test_small_item_is_accepted():
 
 
 @pytest.mark.parametrize("key", ["photon_energy", "photon_wavelength"])
-def test_ragged_metadata_list_is_rejected(key):
+def test_ragged_metadata_list_is_named_and_falls_back(key):
     res = run_small(small_item(metadata={key: [[1.0], [1.0, 2.0]]}))
-    assert res.rejected is not None and "bX" in res.rejected and key in res.rejected
+    assert res.rejected is None
+    assert [e.photon_energy_ev for e in res.kept] == [9500.0, 9500.0]
+    assert any(key in text for _, _, text in res.notices)
 
 
 def test_infinite_original_shape_is_rejected():

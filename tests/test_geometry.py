@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 import re
 from pathlib import Path
@@ -16,7 +17,9 @@ from cxi_async.geometry import (
     GeometryError,
     GeometryMismatch,
     SlabLayout,
+    literal_photon_energy_ev,
     load_layout,
+    normalise_units,
     write_slab_geom,
 )
 
@@ -394,6 +397,25 @@ def test_write_slab_geom_replaces_conflicting_keys(tmp_path):
     assert "clen = 0.1" in written and "p1/corner_x = 0" in written
 
 
+def test_constants_and_energy_alternatives_in_the_written_geom(tmp_path):
+    rects = {"p0": (0, 9, 0, 9)}
+    header = HEADER + "wavelength = 1.3 A\nelectron_voltage = 12 kV\ncoffset = 0.5\n"
+    source = write(tmp_path / "user.geom", geom_text(rects, header))
+    layout = load_layout(source)
+    constants = {"coffset": 0.01, "adu_per_photon": 3, "beamline": "MFX"}
+    out = write_slab_geom(tmp_path / "slab.geom", layout, source, constants)
+    live = [ln.split(";")[0].strip() for ln in out.read_text().splitlines()]
+    live = [ln for ln in live if ln]
+    assert "coffset = 0.01" in live and "adu_per_photon = 3" in live
+    assert not any(ln.startswith(("wavelength", "electron_voltage", "beamline")) for ln in live)
+    assert "coffset = 0.5" not in live
+    geometry = load_crystfel_geometry(str(out))
+    assert geometry.beam["photon_energy_from"] == "/LCLS/photon_energy_eV"
+    assert next(iter(geometry.detector["panels"].values()))["coffset"] == 0.01
+    placeholder = write_slab_geom(tmp_path / "p.geom", SlabLayout.stacked(C, H, W), None, constants)
+    assert "coffset = 0.01" in placeholder.read_text()
+
+
 def test_write_slab_geom_without_source(tmp_path):
     layout = SlabLayout.stacked(C, H, W)
     out = write_slab_geom(tmp_path / "slab.geom", layout)
@@ -418,3 +440,131 @@ def test_write_slab_geom_refuses_a_source_of_another_layout(tmp_path):
     with pytest.raises(GeometryError, match=r"does not describe this slab layout"):
         write_slab_geom(tmp_path / "slab.geom", SlabLayout.stacked(8, H, W), MODULE_GEOM)
     assert not (tmp_path / "slab.geom").exists()
+
+
+# -- units (CrystFEL 0.12 accepts them; cfelpyutils 2.2 does not) ---------------------------------
+
+TWO_PANELS = {"p0": (0, 9, 0, 19), "p1": (10, 19, 0, 19)}
+
+
+def unit_header(*lines: str) -> str:
+    return "; units\nadu_per_photon = 1\nres = 10000\n" + "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("lines", "energy"),
+    [
+        (["photon_energy = 9500 eV", "clen = 0.1 m"], 9500.0),
+        (["photon_energy = 9.5 keV", "clen = 100 mm"], 9500.0),
+        (["photon_energy = 9500", "clen = 0.1"], 9500.0),
+        (["photon_energy = 12.4 keV ; comment", "clen = 100 mm ; from the logbook"], 12400.0),
+        (["wavelength = 1.0 A", "clen = /LCLS/detector_1/EncoderValue mm"], 12398.4193),
+        (["wavelength = 1e-10 m", "detector_shift_x = 1.5 mm", "coffset = 0.01 m"], 12398.4193),
+        (["photon_energy = /LCLS/photon_energy_eV", "clen = 0.1"], None),
+        (["photon_energy = /LCLS/photon_energy_keV keV", "clen = 0.1"], None),
+        (["electron_voltage = 200 kV", "clen = 0.1"], None),
+        (["clen = 0.1"], None),
+        (["photon_energy = 9500 eV", "photon_energy = 7000 eV"], 7000.0),  # the last one wins
+    ],
+)
+def test_geometries_with_units_load(tmp_path, lines, energy):
+    path = write(tmp_path / "u.geom", geom_text(TWO_PANELS, unit_header(*lines)))
+    layout = load_layout(path)
+    assert layout.same_slab(load_layout(write(tmp_path / "plain.geom", geom_text(TWO_PANELS))))
+    assert layout.photon_energy_ev == energy
+    assert pickle.loads(pickle.dumps(layout)).photon_energy_ev == energy
+
+
+def test_cfelpyutils_alone_fails_on_an_energy_unit():
+    # Why normalise_units exists: if this starts passing, cfelpyutils learnt units.
+    text = geom_text(TWO_PANELS, unit_header("photon_energy = 9500 eV"))
+    with pytest.raises(ValueError):
+        load_crystfel_geometry(io.StringIO(text))
+
+
+def test_normalise_units_exact_values():
+    text = "\n".join(
+        [
+            "photon_energy = 9.5 keV",
+            "photon_energy = 9500 eV ; c",
+            "clen = 100 mm",
+            "clen = 0.1 m",
+            "clen = 0.25",
+            "clen = /LCLS/detector_1/EncoderValue mm",
+            "p0/coffset = 0.01 m",
+            "p0/corner_x = -12.5 px",
+            "detector_shift_y = 2 mm",
+            "; clen = 5 mm",
+            "p0/min_fs = 0",
+        ]
+    )
+    assert normalise_units(text).splitlines() == [
+        "photon_energy = 9500.0",
+        "photon_energy = 9500",
+        "clen = 0.1",
+        "clen = 0.1",
+        "clen = 0.25",
+        "clen = /LCLS/detector_1/EncoderValue",
+        "p0/coffset = 0.01",
+        "p0/corner_x = -12.5",
+        "detector_shift_y = 0.002",
+        "; clen = 5 mm",
+        "p0/min_fs = 0",
+    ]
+
+
+def test_cfelpyutils_reads_the_normalised_values():
+    text = geom_text(TWO_PANELS, unit_header("photon_energy = 9.5 keV", "clen = 100 mm"))
+    parsed = load_crystfel_geometry(io.StringIO(normalise_units(text)))
+    assert parsed.beam["photon_energy"] == 9500.0
+    assert {p["clen"] for p in parsed.detector["panels"].values()} == {0.1}
+
+
+@pytest.mark.parametrize(
+    ("line", "accepted"),
+    [
+        ("photon_energy = 9500 ev", "eV or keV"),
+        ("clen = 10 cm", "m or mm"),
+        ("photon_energy = 9500 eV extra", "eV or keV"),
+    ],
+)
+def test_a_unit_crystfel_refuses_names_the_line(tmp_path, line, accepted):
+    path = write(tmp_path / "bad.geom", geom_text(TWO_PANELS, unit_header(line)))
+    with pytest.raises(GeometryError) as info:
+        load_layout(path)
+    message = str(info.value)
+    assert str(path) in message and line in message and accepted in message
+
+
+@pytest.mark.parametrize(
+    ("text", "energy"),
+    [
+        ("photon_energy = 9500", 9500.0),
+        ("photon_energy = 9.5 keV", 9500.0),
+        ("photon_energy = 0.5 keV", 500.0),
+        ("  photon_energy=8000 eV", 8000.0),
+        ("photon_energy = /LCLS/photon_energy_eV", None),
+        ("photon_energy = 9500 EV", None),
+        ("photon_energy = 0", None),
+        ("photon_energy = nan", None),
+        ("wavelength = 2 A", 12398.4193 / 2),
+        ("wavelength = 1.3", None),  # CrystFEL needs the unit of a wavelength
+        ("; photon_energy = 9500", None),
+        ("p0/photon_energy = 9500", None),  # not a top-level line
+        ("", None),
+    ],
+)
+def test_literal_photon_energy_ev(text, energy):
+    assert literal_photon_energy_ev(text) == energy
+
+
+def test_slab_geom_of_a_source_with_units_keeps_its_lines(tmp_path):
+    header = unit_header("photon_energy = 9.5 keV", "clen = 100 mm", "p0/coffset = 0.01 m")
+    source = write(tmp_path / "u.geom", geom_text(TWO_PANELS, header))
+    layout = load_layout(source)
+    out = write_slab_geom(tmp_path / "slab.geom", layout, source)
+    text = out.read_text()
+    assert "clen = 100 mm" in text.splitlines()
+    assert "; cxi_async replaced: photon_energy = 9.5 keV" in text.splitlines()
+    assert "photon_energy = /LCLS/photon_energy_eV" in text.splitlines()
+    assert load_layout(out).photon_energy_ev is None  # the slab .geom reads the files' energies

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import time
 import warnings
 
 import ray.exceptions
@@ -51,3 +53,32 @@ def is_object_lost(exc: BaseException) -> bool:
         | ray.exceptions.OwnerDiedError
         | ray.exceptions.ObjectFetchTimedOutError,
     )
+
+
+def debug_init(config: Config, role: str) -> None:
+    """The start-up fault drills: ``debug.init_delay_s`` and ``debug.fail_init``."""
+    if config.debug.init_delay_s:
+        time.sleep(config.debug.init_delay_s)
+    if config.debug.fail_init == role:
+        raise RuntimeError(f"debug.fail_init = {role!r}: this {role} refuses to start")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_IP = re.compile(r"\bip[=:]\s*([^\s,)]+)")
+
+
+def start_failure(role: str, index: int, tries: int, death: str) -> str:
+    """One sentence from the text of the RayActorError of an actor that died while starting:
+    which actor, on which node (the ``ip`` Ray reports) and why (the exception its
+    ``__init__`` raised, or Ray's reason such as a ``ray.kill``)."""
+    text = _ANSI.sub("", death)
+    found = _IP.search(text)
+    node = f"on node {found.group(1)}" if found else "on an unknown node"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    why = next((line for line in lines if line.startswith("The actor is dead because")), None)
+    if why is None and lines and "creation task" in lines[0]:
+        why = lines[-1]  # the exception __init__ raised
+    if why is None:
+        why = lines[0] if lines else "no reason given"
+    times = "once" if tries == 1 else f"{tries} times"
+    return f"{role} {index} died while starting {node} ({times}): {why.rstrip('.')}."

@@ -1,6 +1,8 @@
 """Drainer actor: takes batches from Q2 while it holds credits, and keeps the books.
 
-It is the pipeline's coordinator: it creates the finders and writers, forwards each batch's
+It is the pipeline's coordinator, a detached actor: it outlives the driver that started it,
+stops by its own rules (idle timeout, max batches, replay drained) and writes its report
+without one. It creates the finders and writers (and the replay producer), forwards each batch's
 ObjectRef (never the batch) to a finder, remembers every batch until a writer acks it,
 re-dispatches what a dead actor held, and answers stats. Credits are the only throttle: a
 batch holds one from the moment it leaves Q2 until all its kept events are in a renamed file.
@@ -21,8 +23,8 @@ import msgspec
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 
-from cxi_async import cxi
-from cxi_async.actors.common import is_actor_death, setup_actor_logging
+from cxi_async import alarms, cxi
+from cxi_async.actors.common import is_actor_death, setup_actor_logging, start_failure
 from cxi_async.actors.q2_shard import (
     check_topology,
     connect_shards,
@@ -40,7 +42,10 @@ log = logging.getLogger(__name__)
 
 HEALTH_INTERVAL_S = 1.0
 MAX_ATTEMPTS = 3  # a batch that kills this many finders is rejected
+START_ATTEMPTS = 3  # an actor slot whose actor dies this many times while starting fails the start
 SIZE_TIMEOUT_S = 5.0
+Q2_FULL_TIMEOUT_S = 2.0  # a shard busy with a large put answers later: not known full
+LINGER_S = 30.0  # a stopped coordinator exits this long after its stop
 SHARD_SETTLE_S = 1.0  # with num_shards = "auto": how long the shard count must stay the same
 
 
@@ -111,6 +116,15 @@ class Drainer:
         self.dead_shards: dict[int, float] = {}
         self.q2_depth = 0
         self.last_progress = time.monotonic()
+        self.said: set[str] = set()  # kinds of notice already logged this run
+        self.paused_since: float | None = None  # Q2 empty, every batch parked in a writer
+        self.pause_flushed = False
+        self.q2_full = alarms.FullClock()  # loud when data is lost (see the section below)
+        self.no_data = alarms.NoDataClock(config.queue.warn_no_data_s, self.started_mono)
+        self.recent = alarms.RejectionWindow()
+        self.no_data_warning: str | None = None
+        self.producer: Any = None  # the replay producer, owned here: it outlives the driver
+        self.replay_report: Any = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -145,7 +159,7 @@ class Drainer:
         self.finder_group = await _reserve_finder_group(cfg)
         self.writers = [self._new_writer(i) for i in range(cfg.output.num_writers)]
         self.finders = [self._new_finder(i) for i in range(cfg.processing.num_finders)]
-        await _placed(self.writers + self.finders, cfg)
+        await self._started()
         for i in range(len(self.finders)):
             for _ in range(cfg.processing.finder_inbox + 1):
                 self.finder_slots.put_nowait(i)
@@ -163,16 +177,73 @@ class Drainer:
         )
         return {"num_shards": num_shards, "output_dir": self.output_dir}
 
+    async def _started(self) -> None:
+        """Wait until every new finder and writer answers; one that dies while starting (in
+        ``__init__``) is replaced, up to START_ATTEMPTS times, like one that dies later."""
+        tries: collections.Counter[tuple[str, int]] = collections.Counter()
+        while True:
+            slots = [("writer", i, a) for i, a in enumerate(self.writers)]
+            slots += [("finder", i, a) for i, a in enumerate(self.finders)]
+            replies = await _placed([a for _, _, a in slots])
+            dead = [(r, i, e) for (r, i, _), e in zip(slots, replies, strict=True) if e is not None]
+            if not dead:
+                break
+            for role, index, exc in dead:
+                if not is_actor_death(exc):
+                    raise exc
+                tries[role, index] += 1
+                if tries[role, index] >= START_ATTEMPTS:
+                    raise RuntimeError(start_failure(role, index, tries[role, index], str(exc)))
+                log.warning(
+                    "%s; starting another", start_failure(role, index, 1, str(exc)).rstrip(".")
+                )
+                self.replacements[role] += 1
+                if role == "writer":
+                    self.writers[index] = self._new_writer(index)
+                else:
+                    self.finders[index] = self._new_finder(index)
+        if any(role == "writer" for role, _ in tries):  # finders were made with the old ones
+            await asyncio.gather(*(f.set_writers.remote(self.writers) for f in self.finders))
+
+    async def start_replay(self, num_shards: int) -> None:
+        """Start the replay producer here, not in the driver: it and the watch that stops the
+        run once Q2 is drained then live as long as this (detached) coordinator."""
+        from cxi_async.replay import new_replay_producer
+
+        self.producer = new_replay_producer(self.config, num_shards)
+        self._spawn(self._stop_after_replay(self.producer.run.remote()), track=False)
+
+    async def _stop_after_replay(self, run: Any) -> None:
+        try:
+            self.replay_report = await run
+        except Exception as exc:
+            log.error("the replay producer failed: %s", _last_line(exc))
+        await self.stop_when_empty("replay finished and Q2 drained")
+
+    async def replay_result(self) -> Any:
+        """What the replay producer's run() returned (None before it finished)."""
+        return self.replay_report
+
+    async def finished_stats(self) -> dict | None:
+        """The final stats once stopped, else None (a second driver attaches or replaces)."""
+        return self.final
+
+    async def _exit_later(self) -> None:
+        """A detached coordinator that stopped frees its name once followers had time to read
+        the final stats (the driver that started it kills it at once if it is still there)."""
+        await asyncio.sleep(LINGER_S)
+        log.info("exiting %.0f s after the stop", LINGER_S)
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
     def _adopt_unlisted_files(self) -> None:
         """List finished files an aborted run renamed but never listed (files.lst, events.lst)."""
-        listed = {entry.path for entry in self.catalog.entries}
         prefix = self.config.output.file_prefix
         patterns = [f"{prefix}_*.cxi"]
         if self.config.output.run_from_metadata is not None:
             patterns.append(f"*/{prefix}_*.cxi")  # <output_dir>/<run>/ of metadata runs
         found = {p for pattern in patterns for p in Path(self.output_dir).glob(pattern)}
         for path in sorted(found):
-            if str(path.resolve()) in listed:
+            if self.catalog.is_listed(path.resolve()):
                 continue
             try:
                 self.catalog.add_file(path, cxi.count_events(path))
@@ -292,12 +363,13 @@ class Drainer:
             except CatalogError as exc:
                 log.warning("could not write the run report: %s", exc)
         self.final = stats
-        for actor in [*self.finders, *self.writers]:
+        for actor in [*self.finders, *self.writers, *([self.producer] if self.producer else [])]:
             ray.kill(actor)
         if self.finder_group is not None:
             remove_placement_group(self.finder_group)
         self.finished.set()
         log.info("stopped (%s)", self.stop_reason)
+        self._spawn(self._exit_later(), track=False)
         return stats
 
     async def wait_finished(self) -> dict:
@@ -347,7 +419,7 @@ class Drainer:
         self.next_id += 1
         self.inflight[delivery.delivery_id] = InFlight(delivery, shard, time.monotonic())
         self.books.batches_taken += 1
-        self.idle_since = None
+        self.idle_since = self.paused_since = None
         self._spawn(self._dispatch(delivery.delivery_id))
 
     async def _poll_sizes(self) -> list[int]:
@@ -388,6 +460,21 @@ class Drainer:
         except ValueError:
             pass
 
+    def _flush_when_paused(self) -> None:
+        """Q2 is empty and every batch in flight waits in a writer's open file: after
+        output.idle_flush_s the writers close those files, so the last hits before a pause
+        reach disk within seconds, not at max_file_age_s."""
+        if not self.inflight or any(s.result is None for s in self.inflight.values()):
+            self.paused_since = None
+            return
+        now = time.monotonic()
+        if self.paused_since is None:
+            self.paused_since, self.pause_flushed = now, False
+        elif not self.pause_flushed and now - self.paused_since >= self.config.output.idle_flush_s:
+            self.pause_flushed = True
+            for writer in self.writers:
+                writer.close_open_file.remote()
+
     def _note_idle(self) -> None:
         """Q2 is empty: stop when asked to stop once empty, or after the idle timeout.
 
@@ -395,6 +482,8 @@ class Drainer:
         its producer waits for it (use queue.wait_for_producer_s to bound that wait).
         """
         timeout = self.config.stop.idle_timeout_s
+        self._note_no_data()
+        self._flush_when_paused()
         if self.stop_when_empty_reason is not None:  # nothing more will come: drain now
             self._begin_stop(self.stop_when_empty_reason)
             return
@@ -402,6 +491,7 @@ class Drainer:
             self.idle_since = None
             return
         if self.books.batches_taken == 0:
+            self._note_no_first_batch()
             return
         now = time.monotonic()
         if self.idle_since is None:
@@ -455,6 +545,7 @@ class Drainer:
     async def _finder_done(self, state: InFlight, result: BatchResult) -> None:
         delivery_id = result.delivery_id
         state.delivery = None  # drop the item ref: the logits can leave the object store
+        self._say(result.notices)
         if result.rejected in (EMPTY, SHARD_GONE):  # nothing was taken after all
             if self.inflight.pop(delivery_id, None) is not None:
                 self.books.batches_taken -= 1
@@ -489,6 +580,13 @@ class Drainer:
                 raise
             state.result.handed_to_writer = False  # the health loop re-sends after replacing
 
+    def _say(self, notices: list[tuple[str, str, str]]) -> None:
+        """Log each kind of metadata notice once per run (the finders send every one)."""
+        for kind, level, text in notices:
+            if kind not in self.said:
+                self.said.add(kind)
+                log.log(logging.INFO if level == "info" else logging.WARNING, "%s", text)
+
     def _reject(self, delivery_id: int, batch_id: str, num_events: int, reason: str) -> None:
         if delivery_id not in self.inflight:
             return
@@ -497,6 +595,7 @@ class Drainer:
         self.books.events_rejected += num_events
         self.books.rejections[_reason_kind(reason)] += 1
         self.books.last_rejections.append({"batch_id": batch_id, "reason": reason})
+        self.recent.add(True)
         self._finish(delivery_id)
 
     def _finish(self, delivery_id: int) -> None:
@@ -540,6 +639,7 @@ class Drainer:
                 self.books.events_rejected += a.rejected
                 self.books.rejections[_reason_kind(a.reason or "rejected by the writer")] += 1
                 self.books.last_rejections.append({"delivery": a.delivery_id, "reason": a.reason})
+            self.recent.add(bool(a.rejected) and a.rejected >= a.num_events)
             self._finish(a.delivery_id)
 
     # ------------------------------------------------------------------ health
@@ -554,6 +654,7 @@ class Drainer:
                 log.exception("health check failed; retrying in %.0f s", HEALTH_INTERVAL_S)
 
     async def _check_health(self) -> None:
+        await self._watch_q2_full()
         await self._publish()
         for i, writer in enumerate(list(self.writers)):
             if await _dead(writer):
@@ -592,6 +693,71 @@ class Drainer:
             r = state.result
             if r is not None and writer_index(r.delivery_id, len(self.writers)) == index:
                 self._spawn(self._resend(state))
+
+    # ------------------------------------------------------------------ loud when data is lost
+
+    async def _watch_q2_full(self) -> None:
+        """Each health tick: is every shard full (the producer drops batches)? Warn at most
+        once a minute and count the seconds. Asked here, not in the drain loop, because the
+        drain loop stops polling exactly when Q2 fills: while it waits for credits."""
+        n = len(self.shards)
+        if n == 0 or self.final is not None:
+            return
+        calls = [s.size.remote() for s in self.shards] + [s.is_full.remote() for s in self.shards]
+        replies = await asyncio.gather(
+            *(asyncio.wait_for(_await(c), Q2_FULL_TIMEOUT_S) for c in calls),
+            return_exceptions=True,
+        )
+        sizes = [r if isinstance(r, int) and not isinstance(r, bool) else None for r in replies[:n]]
+        flags = [r if isinstance(r, bool) else None for r in replies[n:]]
+        if None not in sizes:
+            self.q2_depth = sum(sizes)  # type: ignore[arg-type]
+        now = time.monotonic()
+        full = alarms.q2_is_full(sizes, flags, self.config.queue.maxsize_per_shard)
+        if self.q2_full.observe(full, now):
+            message = alarms.q2_full_message(
+                self.config.queue.name, self.q2_depth, n, self.q2_full.seconds(now)
+            )
+            log.warning("%s", message)
+
+    def _note_no_data(self) -> None:
+        """From an empty poll: warn once when no batch arrived for queue.warn_no_data_s."""
+        now = time.monotonic()
+        if self.no_data.observe(self.books.batches_taken, now):
+            self._spawn(self._warn_no_data(self.no_data.warn_after_s, self.books.batches_taken))
+
+    async def _warn_no_data(self, seconds: float, taken: int) -> None:
+        cfg = self.config
+        try:
+            named = await asyncio.to_thread(ray.util.list_named_actors, all_namespaces=True)
+        except Exception:  # only a hint: the warning goes out without the shards found
+            named = []
+        found = alarms.shards_by_queue(named, cfg.ray.namespace)
+        self.no_data_warning = alarms.no_data_message(
+            cfg.queue.name, cfg.ray.namespace, seconds, taken, found
+        )
+        log.warning("%s", self.no_data_warning)
+
+    def _note_no_first_batch(self) -> None:
+        """Finite jobs: Q2 is still empty stop.wait_for_first_batch_s after the start."""
+        wait = self.config.stop.wait_for_first_batch_s
+        if wait is not None and time.monotonic() - self.started_mono >= wait:
+            self._begin_stop(
+                f"no batch arrived from Q2 '{self.config.queue.name}' within "
+                f"stop.wait_for_first_batch_s = {wait:g} s of the start"
+            )
+
+    def _loss_stats(self) -> dict:
+        now = time.monotonic()
+        rejected, finished = self.recent.counts()
+        return {
+            "q2_full": self.q2_full.is_full,
+            "q2_full_seconds": self.q2_full.seconds(now),
+            "q2_full_warnings": self.q2_full.warnings,
+            "recent_batches": finished,
+            "recent_rejected": rejected,
+            "no_data_warning": self.no_data_warning,
+        }
 
     # ------------------------------------------------------------------ introspection
 
@@ -641,6 +807,7 @@ class Drainer:
             "dead_shards": sorted(self.dead_shards),
             "files": sum(w.get("files", 0) for w in writers),
             "bytes_written": sum(w.get("bytes_written", 0) for w in writers),
+            "events_without_image": sum(w.get("events_without_image", 0) for w in writers),
             "events_per_s": (b.events_written + b.events_filtered) / elapsed if elapsed else 0.0,
             "latency_p50_s": _quantile(lat, 0.5),
             "latency_p99_s": _quantile(lat, 0.99),
@@ -652,6 +819,7 @@ class Drainer:
             "started_at": self.started_at,
             "run_label": self.run_label,
             "output_dir": self.output_dir,
+            **self._loss_stats(),
         }
 
     async def _written_files(self) -> list[dict]:
@@ -699,10 +867,15 @@ async def _reserve_finder_group(cfg: Config, timeout: float = 120.0) -> Any:
     return group
 
 
-async def _placed(actors: list[Any], cfg: Config, timeout: float = 120.0) -> None:
-    """Wait until every new actor answers; a clear sentence if Ray cannot place them."""
+async def _placed(actors: list[Any], timeout: float = 120.0) -> list[BaseException | None]:
+    """Wait until every new actor answers or fails (its error, else None); a clear sentence
+    if Ray cannot place them."""
     try:
-        await asyncio.wait_for(asyncio.gather(*(_await(a.ping.remote()) for a in actors)), timeout)
+        replies = await asyncio.wait_for(
+            asyncio.gather(*(_await(a.ping.remote()) for a in actors), return_exceptions=True),
+            timeout,
+        )
+        return [r if isinstance(r, BaseException) else None for r in replies]
     except asyncio.TimeoutError:
         raise RuntimeError(
             f"Ray did not start the finders and writers within {timeout:g} s: the cluster has "

@@ -16,10 +16,11 @@ from typing import Any
 
 import ray
 
-from cxi_async.actors.common import is_actor_death, is_object_lost, setup_actor_logging
+from cxi_async.actors.common import debug_init, is_actor_death, is_object_lost, setup_actor_logging
 from cxi_async.config import Config
 from cxi_async.finding import BatchFinder, RefUnavailable
 from cxi_async.messages import EMPTY, SHARD_GONE, BatchResult, Delivery, writer_index
+from cxi_async.upstream import ensure_producer_classes, unreadable_item_reason
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ class Finder:
 
     def __init__(self, config: Config, index: int, writers: list[Any]) -> None:
         setup_actor_logging(config)
+        self.producer_classes = ensure_producer_classes().source  # before any item is read
+        debug_init(config, "finder")
         self.index = index
         self.config = config
         self.writers = writers
@@ -42,6 +45,7 @@ class Finder:
         self.busy_seconds = 0.0
         self.started = time.monotonic()
         self.zero_copy_warned = False
+        self.unreadable_seen = False  # the first unreadable item names the fix
         _preload_torch()
 
     async def process(self, delivery: Delivery) -> BatchResult:
@@ -66,6 +70,7 @@ class Finder:
             "inbox": self.inbox.qsize(),
             "processed": self.processed,
             "rejected": self.rejected,
+            "producer_classes": self.producer_classes,  # "real" or "stand-in" (upstream.py)
             "busy_fraction": self.busy_seconds / max(time.monotonic() - self.started, 1e-9),
             "node_id": ray.get_runtime_context().get_node_id(),  # placement (multi-node)
         }
@@ -95,10 +100,10 @@ class Finder:
             if is_actor_death(exc):  # the shard died before answering: nothing was taken
                 return _unread(delivery, SHARD_GONE)
             self.rejected += 1
-            log.error(
-                "delivery %d: the item could not be read from Q2: %s", delivery.delivery_id, exc
-            )
-            return _unread(delivery, f"the item could not be read from Q2: {_first_line(exc)}")
+            first, self.unreadable_seen = not self.unreadable_seen, True
+            reason = unreadable_item_reason(f"{type(exc).__name__}: {exc}", first)
+            log.error("delivery %d: %s", delivery.delivery_id, reason if first else exc)
+            return _unread(delivery, reason)
         if item is None:  # the shard was empty after all (restarted, or another consumer)
             return _unread(delivery, EMPTY)
         decode_seconds = time.perf_counter() - t0

@@ -15,6 +15,7 @@ import ray
 from cxi_async import q2
 from cxi_async.actors.common import quiet_zero_copy_warnings
 from cxi_async.q2 import shard_names
+from cxi_async.upstream import ensure_producer_classes
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class FifoShard(q2.FifoShard):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         quiet_zero_copy_warnings()
+        ensure_producer_classes()  # put(item) unpickles the item here
         super().__init__(*args, **kwargs)
 
 

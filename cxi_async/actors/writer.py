@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 import ray
 
 from cxi_async import cxi
-from cxi_async.actors.common import is_actor_death, is_object_lost, setup_actor_logging
+from cxi_async.actors.common import debug_init, is_actor_death, is_object_lost, setup_actor_logging
 from cxi_async.assembly import FileAssembler, FileBatch
 from cxi_async.config import Config
 from cxi_async.finding import Layouts
@@ -46,6 +47,8 @@ class Writer:
         run_label: str,
     ) -> None:
         setup_actor_logging(config)
+        debug_init(config, "writer")
+        self.replying = 0
         out = config.output
         self.config = config
         self.index = index
@@ -70,7 +73,10 @@ class Writer:
             for directory in sorted(p for p in self.output_dir.iterdir() if p.is_dir()):
                 self._open_directory(directory)
         self.warned_no_run = False
+        self.images_lost_warned = False
+        self.events_without_image = 0
         self.flush_requested = False
+        self.close_open = False  # set by close_open_file: the open file is due once
         self.wake = asyncio.Event()
         self.loop_task: asyncio.Task | None = None
         self.write_tasks: set[asyncio.Task] = set()
@@ -89,6 +95,7 @@ class Writer:
             "geometry_file": (layout.geom_file or "") if layout else "",
             "geometry_sha256": (layout.geom_sha256 or "") if layout else "",
             "batch_id_source": "peaknet-pipeline-ray Q2",
+            **config.metadata.constants,  # beamline conditions of the run
         }
 
     def _open_directory(self, directory: Path) -> cxi.SequenceCounter:
@@ -113,9 +120,50 @@ class Writer:
     # ------------------------------------------------------------------ API
 
     async def submit(self, result: BatchResult) -> None:
-        """Queue a finder's result; waiting here is the backpressure on finders."""
+        """Queue a finder's result; waiting here is the backpressure on finders.
+
+        The image is read now, not when its file is written: the producer that owns it may
+        exit meanwhile (the end of an inference job), and a view held here stays readable.
+        """
         self._ensure_loop()
+        if result.image and not result.images_missing:
+            try:
+                result.image = [await result.image[0]]
+            except Exception as exc:
+                if not is_object_lost(exc) and not is_actor_death(exc):
+                    raise
+                if await self._image_lost(result, exc):
+                    return
         await self.inbox.put(result)
+        if self.config.debug.reply_delay_s:  # drill: die between accepting and replying
+            self.replying += 1
+            await asyncio.sleep(self.config.debug.reply_delay_s)
+            self.replying -= 1
+
+    async def _image_lost(self, result: BatchResult, exc: BaseException) -> bool:
+        """Reject the delivery (True), or mark it to be written without images (False)."""
+        reason = f"the detector image is gone from the object store ({type(exc).__name__})"
+        if self.config.processing.on_missing_image == "reject":
+            log.error("batch %s: %s; its events are rejected", result.batch_id, reason)
+            ack = Ack(
+                result.delivery_id,
+                written=0,
+                filtered=result.filtered,
+                rejected=len(result.kept),
+                reason=reason,
+                num_events=result.num_events,
+            )
+            await self._send_acks([ack])
+            return True
+        log.log(
+            logging.DEBUG if self.images_lost_warned else logging.WARNING,
+            "batch %s: %s; writing its peaks without images (said once per writer)",
+            result.batch_id,
+            reason,
+        )
+        self.images_lost_warned = True
+        result.image, result.images_missing = [], True
+        return False
 
     async def flush(self) -> None:
         """Write everything held now (drain/stop), then return."""
@@ -126,6 +174,12 @@ class Writer:
             await asyncio.sleep(0.02)
         self.flush_requested = False
         self.drained = True  # the drainer is stopping: its final stats go into the report
+
+    async def close_open_file(self) -> None:
+        """The stream paused: write the open file now instead of at max_file_age_s."""
+        self._ensure_loop()
+        self.close_open = True
+        self.wake.set()
 
     async def stats(self) -> dict:
         return {
@@ -138,7 +192,10 @@ class Writer:
             "bytes_written": self.bytes_written,
             "write_seconds": self.write_seconds,
             "duplicates": self.assembler.duplicates,
+            "events_without_image": self.events_without_image,
             "write_failures": self.failures,
+            "replying": self.replying,  # accepted results whose reply is held (drill)
+            "dedup_batches": len(self.assembler.seen),  # batch ids remembered (bounded)
             "failing": self.failing_since is not None,
             "node_id": ray.get_runtime_context().get_node_id(),  # placement (multi-node)
             STATS_KEY: None
@@ -183,7 +240,8 @@ class Writer:
                 acks = self.assembler.add(getter.result())
                 getter = None
                 await self._send_acks(acks)
-            while self._may_start_write() and self.assembler.due(flush=self.flush_requested):
+            flush = self.flush_requested or self.close_open
+            while self._may_start_write() and self.assembler.due(flush=flush):
                 # Take the file now, not in the task: a task that has not run yet would leave
                 # the events in the open file, and the next turn would start a second task
                 # that takes the same file's remainder (files of 6 events instead of 16).
@@ -193,6 +251,8 @@ class Writer:
                 task = asyncio.ensure_future(self._write_next(batch))
                 self.write_tasks.add(task)
                 task.add_done_callback(self._write_done)
+            if self.close_open and not self.assembler.open_events:
+                self.close_open = False  # the open file of the pause was taken
 
     def _timeout(self) -> float | None:
         if self.write_tasks and not self._may_start_write():
@@ -213,22 +273,24 @@ class Writer:
 
     async def _write_next(self, batch: FileBatch) -> None:
         """Write one file taken from the assembler; on failure keep its events and retry."""
-        images = await self._fetch_images(batch)
-        if not batch.events:
-            return
-        events = cxi.CxiEvents.pack(
-            [_record(e) for e in batch.events], self.config.peak_finding.max_num_peak
-        )
+        images = {e.delivery_id: e.image[0] for e in batch.events if e.image}
         if self.config.debug.write_delay_s:
             await asyncio.sleep(self.config.debug.write_delay_s)
         self._remove_residue()
         t0 = time.perf_counter()
-        try:
-            directory, label, sequence = self._location(batch.events[0].event.run)
-            path = directory / cxi.cxi_file_name(
-                self.config.output.file_prefix, label, self._next_sequence(sequence)
+        try:  # every exit hands the taken file back: written, or failed and kept for a retry
+            events = cxi.CxiEvents.pack(
+                [_record(e) for e in batch.events], self.config.peak_finding.max_num_peak
             )
-            await asyncio.to_thread(self._write_file, path, batch, events, images, label)
+            directory, label, sequence = self._location(batch.events[0].event.run)
+
+            def next_name() -> Path:
+                seq = self._next_sequence(sequence)
+                return directory / cxi.cxi_file_name(self.config.output.file_prefix, label, seq)
+
+            path = await asyncio.to_thread(
+                self._write_file, next_name(), batch, events, images, label, next_name
+            )
         except Exception as exc:  # CxiWriteError, or a bug: either way the events stay
             self._write_failed(batch, exc)
             return
@@ -245,11 +307,13 @@ class Writer:
         events: cxi.CxiEvents,
         images: dict[int, Any],
         label: str,
-    ) -> None:
+        next_name: Callable[[], Path],
+    ) -> Path:
+        """Write the file; a name another writer took is skipped (the path written returned)."""
         first = batch.events[0]
         layout = self.layouts.for_shape(first.num_panels, *first.panel_shape)
         self._write_slab_geom(path.parent, first.num_panels, first.panel_shape, layout)
-        missing = all(e.delivery_id not in images for e in batch.events)
+        no_image = sum(e.delivery_id not in images for e in batch.events)
 
         def fill_frame(i: int, out: np.ndarray) -> None:
             event = batch.events[i]
@@ -259,17 +323,26 @@ class Writer:
                 return
             c = event.num_panels
             b = event.event.event_index
-            layout.assemble(image[b * c : (b + 1) * c, 0], out)
+            top, left = event.pad_offset
+            layout.assemble(image[b * c : (b + 1) * c, 0, top:, left:], out)
 
-        cxi.write_cxi_file(
+        return cxi.write_cxi_file(
             path,
             events,
             layout.slab_shape,
-            None if missing else fill_frame,
+            None if no_image == len(batch.events) else fill_frame,
             compression=self.config.output.compression,
             fsync=self.config.output.fsync,
-            attrs={**self.attrs, "run": label},
+            attrs={
+                **self.attrs,
+                "run": label,
+                "images_missing_events": np.int64(no_image),
+                "timestamps_missing": np.int64(
+                    sum(e.event.timestamp_missing for e in batch.events)
+                ),
+            },
             filtered_events=batch.filtered,
+            next_name=next_name,
         )
 
     def _write_slab_geom(
@@ -280,45 +353,14 @@ class Writer:
         if key in self.geom_written:
             return
         path = directory / f"{self.config.output.file_prefix}.geom"
-        write_slab_geom(path, layout, self.config.geometry.geom_file)
+        write_slab_geom(
+            path, layout, self.config.geometry.geom_file, self.config.metadata.constants
+        )
         replay = self.config.replay
         if replay.enabled and replay.pattern == "lattice":  # the cell to index the demo with
             cell = UnitCell.from_values(replay.cell, replay.lattice_type, replay.centering)
             write_cell_file(directory / REPLAY_CELL_FILE, cell)
         self.geom_written.add(key)
-
-    async def _fetch_images(self, batch: FileBatch) -> dict[int, Any]:
-        """Images of the file's deliveries, zero-copy; lost ones are rejected (or zeroed)."""
-        refs: dict[int, Any] = {}
-        for event in batch.events:
-            if event.image and not event.images_missing:
-                refs.setdefault(event.delivery_id, event.image[0])
-        images: dict[int, Any] = {}
-        lost: dict[int, str] = {}
-        for delivery_id, ref in refs.items():
-            try:
-                images[delivery_id] = await ref
-            except Exception as exc:
-                if not is_object_lost(exc) and not is_actor_death(exc):
-                    raise
-                lost[delivery_id] = (
-                    f"the detector image is gone from the object store ({type(exc).__name__})"
-                )
-        if lost and self.config.processing.on_missing_image == "reject":
-            batch.events = [e for e in batch.events if e.delivery_id not in lost]
-            acks = []
-            for delivery_id, reason in lost.items():
-                log.error("delivery %d: %s; its events are rejected", delivery_id, reason)
-                ack = self.assembler.drop_events(delivery_id, reason)
-                if ack is not None:
-                    acks.append(ack)
-            await self._send_acks(acks)
-        elif lost:
-            for delivery_id, reason in lost.items():
-                log.warning(
-                    "delivery %d: %s; writing its events without images", delivery_id, reason
-                )
-        return images
 
     def _remove_residue(self) -> None:
         """Remove what failed writes left behind, once their directory is reachable again."""
@@ -396,6 +438,7 @@ class Writer:
             self.failing_since = None
         size = path.stat().st_size
         self.files.append({"path": str(path), "events": len(batch.events), "bytes": size})
+        self.events_without_image += sum(not e.image for e in batch.events)
         self.events_written += len(batch.events)
         self.bytes_written += size
         self._count_peaks(batch)
@@ -433,4 +476,5 @@ def _record(event: Any) -> cxi.EventRecord:
         timestamp=e.timestamp,
         batch_id=event.batch_id,
         event_index=e.event_index,
+        datasets=e.datasets,
     )
