@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "commands: run (default) | check [--pipeline-config pipeline.yaml] config.toml | "
-            "status config.toml | health config.toml | stop config.toml. "
+            "status config.toml | health config.toml | stop config.toml | "
+            "plot <report.json | output dir>. "
             "`python -m cxi_async <command> --help` for each."
         ),
     )
@@ -65,6 +66,10 @@ def setup_logging(config: Config) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "plot":  # no config: it reads a finished run's report
+        from cxi_async import plots
+
+        return plots.main(argv[1:])
     if argv and argv[0] in COMMANDS and argv[0] != "run":
         from cxi_async import commands
 

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import cxi_async
+from cxi_async import runstats
 
 log = logging.getLogger(__name__)
 
@@ -639,6 +640,7 @@ class Catalog:
             "started_at_unix": started,
             "updated_at": _iso(now),
             "updated_at_unix": now,
+            **runstats.live_fields(stats.get("writers")),  # peaks per frame, resolution
         }
 
     def write_status(self, stats: Mapping[str, Any], finished: bool = False) -> dict[str, Any]:
@@ -676,6 +678,8 @@ class Catalog:
             if not samples or samples[-1]["t"] < final_sample["t"]:
                 samples.append(final_sample)
             stats = {k: v for k, v in final_stats.items() if k != "files_written"}
+            crystallography = runstats.report_section(stats.get("writers"), samples)
+            stats = runstats.strip_peak_stats(stats)
             report = {
                 "cxi_async_version": cxi_async.__version__,
                 "run_label": self.run_label,
@@ -691,6 +695,7 @@ class Catalog:
                 "sample_interval_s": self.sample_interval_s,
                 "samples": samples,
                 "files": [{"path": e.path, "events": e.events} for e in self.run_entries],
+                "crystallography": crystallography,  # what `python -m cxi_async plot` draws
             }
             self._write(self.report_path, [_dump_json(report)])
         return self.report_path

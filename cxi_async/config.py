@@ -210,6 +210,25 @@ class ReplayConfig(_Section):
     # "assembled": one image per event without preprocessing_metadata, padded with
     # queue.pad_style, as lclstreamer's PeaknetPreprocessingPipeline (needs num_panels = 1).
     layout: Literal["panels", "assembled"] = "panels"
+    pattern: Literal["random", "lattice"] = "random"  # lattice: stills of a crystal (lattice.py)
+    cell: tuple[Positive, Positive, Positive, Positive, Positive, Positive] = (
+        79.1,
+        79.1,
+        37.9,
+        90.0,
+        90.0,
+        90.0,
+    )  # lattice: a, b, c in Angstrom, alpha, beta, gamma in degrees (default: lysozyme)
+    lattice_type: Literal[
+        "triclinic",
+        "monoclinic",
+        "orthorhombic",
+        "tetragonal",
+        "rhombohedral",
+        "hexagonal",
+        "cubic",
+    ] = "tetragonal"  # lattice: CrystFEL lattice_type, written to replay.cell
+    centering: Literal["P", "A", "B", "C", "I", "F", "R", "H"] = "P"  # lattice: CrystFEL centering
 
 
 class DebugConfig(_Section):

@@ -29,7 +29,8 @@ FULL_RETRY_S = 0.005
 
 def replay_spec(config: Config) -> SyntheticSpec:
     spec = SyntheticSpec.from_replay(config.replay, config.peak_finding.min_num_peak)
-    return replace(spec, pad_style=config.queue.pad_style)  # pad as the consumer expects
+    # pad as the consumer expects; the lattice projects through the geometry
+    return replace(spec, pad_style=config.queue.pad_style, geom_file=config.geometry.geom_file)
 
 
 def replay_batch(config: Config, index: int) -> SyntheticBatch:

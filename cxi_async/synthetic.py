@@ -133,8 +133,18 @@ class SyntheticSpec:
     metadata_style: MetadataStyle = "packed"  # the metadata of which real source (see below)
     layout: Layout = "panels"  # "assembled": one image per event, no preprocessing_metadata
     pad_style: PadStyle = "bottom-right"  # where an assembled image's padding goes
+    pattern: Literal["random", "lattice"] = "random"  # lattice: crystal stills (lattice.py)
+    cell: tuple[float, ...] = (79.1, 79.1, 37.9, 90.0, 90.0, 90.0)  # lattice: a b c al be ga
+    lattice_type: str = "tetragonal"  # lattice: CrystFEL lattice_type of the cell
+    centering: str = "P"  # lattice: CrystFEL centering of the cell
+    geom_file: str | None = None  # lattice: geometry the spots are projected through
 
     def __post_init__(self) -> None:
+        if self.pattern not in ("random", "lattice"):
+            raise SyntheticSpecError(
+                f"SyntheticSpec.pattern is {self.pattern!r}; allowed: random, lattice."
+            )
+        object.__setattr__(self, "cell", tuple(float(v) for v in self.cell))
         # TOML gives lists; store tuples so the frozen spec stays hashable and comparable.
         for name in ("panel_shape", "padded_shape"):
             value = getattr(self, name)
@@ -250,6 +260,7 @@ class SyntheticBatch:
     pixels: np.ndarray | None = field(
         default=None, repr=False
     )  # (P, 3) int64 [n, r, c] per blob pixel
+    crystals: list[Any] | None = None  # pattern "lattice": lattice.CrystalTruth per event
 
     def predictions_tensor(self, dtype: Dtype | torch.dtype | None = None) -> torch.Tensor:
         """The logits as the inline torch tensor the producer sends (default: the spec dtype).
@@ -575,7 +586,10 @@ def make_batch(spec: SyntheticSpec, index: int) -> SyntheticBatch:
     # Blobs: place per event, then scatter every blob pixel of the batch in one go.
     shapes = _shape_library(spec.seed)
     per_event = [
-        _place_event(spec, shapes, _event_peak_count(spec, rng), rng, batch_id, e) for e in range(b)
+        _place_event(spec, shapes, _event_peak_count(spec, rng), rng, batch_id, e)
+        if spec.pattern == "random"
+        else []  # lattice spots are drawn below, once the metadata gives the wavelength
+        for e in range(b)
     ]
     blobs = [
         (e * c + p, k, r0, c0) for e, placed in enumerate(per_event) for p, k, r0, c0 in placed
@@ -656,7 +670,7 @@ def make_batch(spec: SyntheticSpec, index: int) -> SyntheticBatch:
             logits = np.roll(logits, shift, axis=(2, 3))
             image = np.roll(image, shift, axis=(2, 3))
             pixels = pixels + np.array([0, *shift])
-    return SyntheticBatch(
+    batch = SyntheticBatch(
         batch_id=batch_id,
         logits=logits,
         image=None if spec.metadata_style == "streaming" else image,
@@ -666,6 +680,11 @@ def make_batch(spec: SyntheticSpec, index: int) -> SyntheticBatch:
         dtype=spec.dtype,
         pixels=pixels,
     )
+    if spec.pattern == "lattice":
+        from cxi_async.lattice import diffract_batch
+
+        return diffract_batch(batch, spec, index)
+    return batch
 
 
 def _pad_offset(spec: SyntheticSpec) -> tuple[int, int]:

@@ -23,7 +23,9 @@ from cxi_async.assembly import FileAssembler, FileBatch
 from cxi_async.config import Config
 from cxi_async.finding import Layouts
 from cxi_async.geometry import SlabLayout, write_slab_geom
+from cxi_async.lattice import REPLAY_CELL_FILE, UnitCell, write_cell_file
 from cxi_async.messages import Ack, BatchResult
+from cxi_async.runstats import STATS_KEY, PeakStats
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,8 @@ class Writer:
         self.bytes_written = 0
         self.write_seconds = 0.0
         self.failures = 0
+        self.peak_stats: PeakStats | None = None  # made at the first file (needs its layout)
+        self.drained = False  # set by flush(): from then on stats() carry the histograms
         self.failing_since: float | None = None
         self.residue: set[Path] = set()  # .inprogress files a failed write could not remove
         self.attrs = {
@@ -169,6 +173,7 @@ class Writer:
         while self.inbox.qsize() or self.assembler.pending_events or self._writing:
             await asyncio.sleep(0.02)
         self.flush_requested = False
+        self.drained = True  # the drainer is stopping: its final stats go into the report
 
     async def close_open_file(self) -> None:
         """The stream paused: write the open file now instead of at max_file_age_s."""
@@ -193,6 +198,9 @@ class Writer:
             "dedup_batches": len(self.assembler.seen),  # batch ids remembered (bounded)
             "failing": self.failing_since is not None,
             "node_id": ray.get_runtime_context().get_node_id(),  # placement (multi-node)
+            STATS_KEY: None
+            if self.peak_stats is None
+            else self.peak_stats.to_dict(histograms=self.drained),  # histograms: for the report
         }
 
     async def written_files(self) -> list[dict]:
@@ -348,6 +356,10 @@ class Writer:
         write_slab_geom(
             path, layout, self.config.geometry.geom_file, self.config.metadata.constants
         )
+        replay = self.config.replay
+        if replay.enabled and replay.pattern == "lattice":  # the cell to index the demo with
+            cell = UnitCell.from_values(replay.cell, replay.lattice_type, replay.centering)
+            write_cell_file(directory / REPLAY_CELL_FILE, cell)
         self.geom_written.add(key)
 
     def _remove_residue(self) -> None:
@@ -429,10 +441,22 @@ class Writer:
         self.events_without_image += sum(not e.image for e in batch.events)
         self.events_written += len(batch.events)
         self.bytes_written += size
+        self._count_peaks(batch)
         self.write_seconds += seconds
         log.debug(
             "wrote %s (%d events, %.1f MB, %.2f s)", path, len(batch.events), size / 1e6, seconds
         )
+
+    def _count_peaks(self, batch: FileBatch) -> None:
+        """Hit-finding numbers for status.json and the report (runstats); never fails a write."""
+        try:
+            if self.peak_stats is None:
+                first = batch.events[0]
+                layout = self.layouts.for_shape(first.num_panels, *first.panel_shape)
+                self.peak_stats = PeakStats.for_run(self.config.geometry.geom_file, layout)
+            self.peak_stats.add_events(e.event for e in batch.events)
+        except Exception:
+            log.exception("writer %d: could not count the peaks of a file", self.index)
 
     async def _send_acks(self, acks: list[Ack]) -> None:
         if acks:
