@@ -82,6 +82,7 @@ async def test_killed_writer_work_is_resent_and_numbers_never_repeat(make_config
     assert len(seqs) == len(set(seqs))
 
 
+@pytest.mark.slow  # ~15 s; test_cli's restart also removes a leftover .inprogress
 async def test_leftover_inprogress_files_are_removed_at_start(make_config):
     config = make_config("replay.num_batches=2", "output.run=r1")
     out = Path(config.output.output_dir) / "r1"
@@ -367,7 +368,8 @@ async def test_two_pipelines_in_one_directory_never_overwrite(make_config):
     assert len((out / "events.lst").read_text().splitlines()) == sum(kept)
 
 
-@pytest.mark.parametrize("role", ["finder", pytest.param("writer", marks=pytest.mark.slow)])
+@pytest.mark.slow  # ~27 s each; the default set keeps the start that cannot succeed
+@pytest.mark.parametrize("role", ["finder", "writer"])
 async def test_an_actor_killed_while_starting_is_replaced(make_config, role):
     """Killed in its __init__ (the issue's 'actor never ran'): replaced, and the run is whole."""
     config = make_config("debug.init_delay_s=4.0", "replay.num_batches=4")

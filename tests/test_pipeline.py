@@ -111,6 +111,7 @@ async def test_events_without_a_run_stay_in_the_output_directory(make_config):
             assert f.attrs["run"] == final["run_label"]
 
 
+@pytest.mark.slow  # ~18 s; placement groups are also drilled on two nodes (slow)
 async def test_finders_in_a_placement_group(make_config):
     config = make_config("placement.finder_placement_group=PACK", "processing.finder_num_cpus=0.25")
     before = set(ray.util.placement_group_table())
@@ -128,6 +129,7 @@ async def test_finders_in_a_placement_group(make_config):
     assert ray.util.placement_group_table()[group_id]["state"] == "REMOVED"
 
 
+@pytest.mark.slow  # ~18 s
 async def test_files_hold_events_per_file_until_the_final_flush(make_config):
     """One file at most is short (the final flush) when files close on size alone."""
     config = make_config("output.max_file_age_s=60", "replay.num_batches=16")
@@ -167,6 +169,7 @@ async def test_every_event_written_once_with_its_truth(make_config):
     assert final["report"] == str(out.resolve() / report)
 
 
+@pytest.mark.slow  # ~18 s; images are checked in test_upstream
 async def test_images_are_the_panels_in_slab_order(make_config):
     config = make_config("replay.num_batches=2", "replay.hit_fraction=1.0")
     pipeline = await Pipeline.start(config)
@@ -179,7 +182,8 @@ async def test_images_are_the_panels_in_slab_order(make_config):
         np.testing.assert_array_equal(event["image"], expected)
 
 
-@pytest.mark.parametrize("dtype", [pytest.param("float16", marks=pytest.mark.slow), "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.slow  # ~17 s each; the unit tests check every dtype against the reference
 async def test_half_precision_logits_give_the_same_peaks(make_config, dtype):
     config = make_config(f"replay.dtype={dtype}", "replay.num_batches=3")
     pipeline = await Pipeline.start(config)
@@ -197,6 +201,7 @@ async def test_predictions_ref_transport(make_config):
     assert final["batches_rejected"] == 0
 
 
+@pytest.mark.slow  # ~13 s; either order is also in test_upstream
 async def test_producer_first_then_pipeline(make_config):
     config = make_config("replay.enabled=false", "replay.num_batches=4", "stop.idle_timeout_s=1.0")
     producer = new_replay_producer(config, num_shards=1)
@@ -243,8 +248,8 @@ async def test_slow_writer_holds_credits_not_memory(make_config):
         "output.events_per_file=3",
         "replay.num_batches=8",
         "replay.num_panels=4",
-        "replay.panel_shape=[120, 120]",
-        "replay.padded_shape=[128, 128]",
+        "replay.panel_shape=[250, 250]",  # a batch (6.3 MB) well above allocator noise
+        "replay.padded_shape=[256, 256]",
     )
     pipeline = await Pipeline.start(config)
     drainer_pid = await pipeline.drainer.pid.remote()
@@ -263,7 +268,7 @@ async def test_slow_writer_holds_credits_not_memory(make_config):
     final = waiter.result()
     assert final["batches_taken"] == 8
     assert seen_q2_backlog, "the producer was never held back by Q2"
-    batch_bytes = 3 * 4 * 2 * 128 * 128 * 4  # one batch of float32 logits
+    batch_bytes = 3 * 4 * 2 * 256 * 256 * 4  # one batch of float32 logits
     assert max(rss) - rss[0] < batch_bytes, "the drainer's memory grew by a batch or more"
 
 
@@ -287,6 +292,7 @@ async def test_drain_and_stop_mid_stream_loses_nothing(make_config):
     assert taken + left_in_q2 <= 12
 
 
+@pytest.mark.slow  # ~18 s
 async def test_auto_shards_wait_for_a_late_producer(make_config):
     """num_shards = "auto" with wait_for_producer_s: the pipeline finds shards made later."""
     config = make_config(
