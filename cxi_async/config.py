@@ -579,15 +579,9 @@ def _check_replay_layout(cfg: Config) -> None:
 _DATASET_PATH = re.compile(r"(?:/[A-Za-z0-9_.-]+)+")
 # What cxi_async writes itself (cxi.py); a metadata dataset may not land on or inside it.
 _WRITTEN_PATHS = ("/entry_1", "/LCLS/photon_energy_eV", "/LCLS/detector_1/timestamp")
-_WRITTEN_ATTRS = frozenset(  # cxi.py's and the writer's own file attributes
+# The writer's own file attributes (actors/writer.py); cxi.py's are cxi.RESERVED_ATTRS.
+_WRITER_ATTRS = frozenset(
     {
-        "cxi_async_version",
-        "creation_time",
-        "filtered_events",
-        "images_missing",
-        "compression",
-        "n_events",
-        "max_num_peak",
         "min_num_peak",
         "geometry_file",
         "geometry_sha256",
@@ -616,8 +610,10 @@ def _check_metadata(cfg: Config) -> None:
                 f"{where}: cxi_async writes {clash} itself; choose another dataset path.",
                 key="metadata.datasets",
             )
+    if md.constants:
+        from cxi_async.cxi import RESERVED_ATTRS  # h5py: only when there are constants
     for name in md.constants:
-        if name in _WRITTEN_ATTRS:
+        if name in _WRITER_ATTRS or name in RESERVED_ATTRS:
             raise ConfigError(
                 f"metadata.constants: {_toml_str(name)} is a file attribute cxi_async writes "
                 "itself; choose another name.",

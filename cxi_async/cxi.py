@@ -63,7 +63,7 @@ TIMESTAMP_PATH = "/LCLS/detector_1/timestamp"
 DIRECT_ALIGN = 4096  # O_DIRECT: offsets, lengths and buffers aligned to this (>= any block size)
 
 # File attributes this module owns; caller attrs may not shadow them.
-_RESERVED_ATTRS = frozenset(
+RESERVED_ATTRS = frozenset(
     {
         "cxi_async_version",
         "creation_time",
@@ -398,7 +398,7 @@ def _compression_kwargs(compression: str) -> dict[str, Any]:
 
 
 def _check_attrs(attrs: Mapping[str, Any]) -> None:
-    clash = _RESERVED_ATTRS.intersection(attrs)
+    clash = RESERVED_ATTRS.intersection(attrs)
     if clash:
         raise ValueError(f"CXI file attrs {sorted(clash)} are set by write_cxi_file itself")
     for key, value in attrs.items():
