@@ -233,11 +233,12 @@ async def wait_for_files(pipeline: Pipeline, deadline_s: float = 180.0) -> dict:
 
 
 def endless(make_config) -> tuple:
-    """A tiny pipeline whose replay producer runs until the test stops it."""
+    """A tiny pipeline whose replay producer runs until the test stops it, slower than the
+    pipeline: a full Q2 would (rightly) make health unhealthy."""
     return make_config(
         "processing.num_finders=1",
         "replay.num_batches=100000",
-        "replay.producer_rate_hz=60",
+        "replay.producer_rate_hz=15",
         "replay.unique_batches=4",
     )
 

@@ -109,6 +109,7 @@ class Drainer:
         self.idle_since: float | None = None
         self.stop_reason: str | None = None
         self.stop_when_empty_reason: str | None = None
+        self.stop_when_empty_since = 0.0
         self.layout = None
         self.catalog: Catalog | None = None
         self.metrics: PipelineMetrics | None = None
@@ -342,7 +343,11 @@ class Drainer:
         return await self._shutdown()
 
     async def stop_when_empty(self, reason: str) -> None:
-        """Drain and stop as soon as Q2 is empty and nothing is in flight (replay finished)."""
+        """Drain and stop as soon as Q2 is empty and nothing is in flight (replay finished).
+
+        Only a poll that started after this call counts: one already under way may have
+        seen Q2 empty just before the producer's last put."""
+        self.stop_when_empty_since = time.monotonic()
         self.stop_when_empty_reason = reason
 
     async def _shutdown(self) -> dict:
@@ -394,12 +399,13 @@ class Drainer:
                 shard = next((i for i in order if sizes[i] > 0), None)
                 if shard is not None:
                     break
+                polled_at = time.monotonic()
                 sizes = await self._poll_sizes()
                 if any(sizes):
                     backoff = 0.001
                     continue
                 if not self.dead_shards:  # a shard that did not answer is not known empty
-                    self._note_idle()
+                    self._note_idle(polled_at)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, cfg.queue.poll_interval_s)
             sizes[shard] -= 1
@@ -475,8 +481,9 @@ class Drainer:
             for writer in self.writers:
                 writer.close_open_file.remote()
 
-    def _note_idle(self) -> None:
-        """Q2 is empty: stop when asked to stop once empty, or after the idle timeout.
+    def _note_idle(self, polled_at: float) -> None:
+        """Q2 was empty at a poll started at ``polled_at``: stop when asked to stop once
+        empty, or after the idle timeout.
 
         The idle clock starts only once a first batch was taken, so a pipeline started before
         its producer waits for it (use queue.wait_for_producer_s to bound that wait).
@@ -485,7 +492,8 @@ class Drainer:
         self._note_no_data()
         self._flush_when_paused()
         if self.stop_when_empty_reason is not None:  # nothing more will come: drain now
-            self._begin_stop(self.stop_when_empty_reason)
+            if polled_at > self.stop_when_empty_since:  # Q2 seen empty after the last put
+                self._begin_stop(self.stop_when_empty_reason)
             return
         if self.inflight:
             self.idle_since = None
