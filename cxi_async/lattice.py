@@ -33,7 +33,6 @@ import numpy as np
 from cxi_async.detector import LabDetector
 
 __all__ = [
-    "CRYSTFEL_LATTICES",
     "REPLAY_CELL_FILE",
     "CrystalTruth",
     "UnitCell",
@@ -44,15 +43,6 @@ __all__ = [
     "write_cell_file",
 ]
 
-CRYSTFEL_LATTICES = (
-    "triclinic",
-    "monoclinic",
-    "orthorhombic",
-    "tetragonal",
-    "rhombohedral",
-    "hexagonal",
-    "cubic",
-)
 REPLAY_CELL_FILE = "replay.cell"  # written beside the run's .geom by the writer
 
 _UNIQUE_AXIS = {"monoclinic": "b", "tetragonal": "c", "hexagonal": "c"}
