@@ -121,6 +121,7 @@ class Pipeline:
         self.output_dir = output_dir
         self.attached = attached  # True: another driver started it; this one follows it
         self.replay_result: Any = None  # the replay producer's report, after wait()
+        self.final: dict | None = None  # the final stats, once it stopped
 
     @classmethod
     async def start(
@@ -179,31 +180,39 @@ class Pipeline:
         return pipeline
 
     async def stats(self) -> dict:
-        return await self.drainer.stats.remote()
+        """Live stats; the final ones once it has stopped (its coordinator may be gone)."""
+        if self.final is not None:
+            return self.final
+        try:
+            return await self.drainer.stats.remote()
+        except ray.exceptions.RayActorError:
+            if self.final is None:  # not a stop this driver saw finish
+                raise
+            return self.final
 
     async def wait(self) -> dict:
         """Until the pipeline stops by itself (idle, max_batches, replay done); final stats."""
         final = await self.drainer.wait_finished.remote()
         if self.config.replay.enabled:
             self.replay_result = await self.drainer.replay_result.remote()
-        await self._cleanup()
-        return final
+        return await self._cleanup(final)
 
     async def drain_and_stop(self) -> dict:
         """Stop taking from Q2, finish and flush everything in flight, stop the actors."""
         final = await self.drainer.drain_and_stop.remote("asked to drain and stop")
-        await self._cleanup()
-        return final
+        return await self._cleanup(final)
 
     async def stop(self) -> dict:
         """Stop now; batches in flight are not written (they are counted as abandoned)."""
         final = await self.drainer.stop.remote("asked to stop")
-        await self._cleanup()
-        return final
+        return await self._cleanup(final)
 
-    async def _cleanup(self) -> None:
-        with contextlib.suppress(Exception):  # it may have exited by itself already
+    async def _cleanup(self, final: dict) -> dict:
+        """Keep the final stats, then kill the coordinator (it may have exited already)."""
+        self.final = final
+        with contextlib.suppress(Exception):
             ray.kill(self.drainer)
+        return final
 
     async def __aenter__(self) -> Pipeline:
         return self
