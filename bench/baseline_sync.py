@@ -35,14 +35,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxi_async import q2
+from bench.reference import reference_find_peaks, reference_write_cxi
 from cxi_async.config import Config, load_config
-from cxi_async.cxi import CxiEvents, EventRecord
-from cxi_async.finding import Layouts, load_slab_layout
-from cxi_async.geometry import SlabLayout
-from cxi_async.reference import reference_find_peaks, reference_write_cxi
-from cxi_async.replay import replay_batch
-from cxi_async.synthetic import SyntheticBatch
+from cxi_async.core import q2
+from cxi_async.core.cxi import CxiEvents, EventRecord
+from cxi_async.core.finding import Layouts, load_slab_layout
+from cxi_async.core.geometry import SlabLayout
+from cxi_async.replay.producer import replay_batch
+from cxi_async.replay.synthetic import SyntheticBatch
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("q2", "list")
@@ -107,7 +107,7 @@ def _fill_q2(config: Config, num_batches: int) -> tuple[Any, Any]:
     import ray
 
     from cxi_async.actors.q2_shard import connect_shards
-    from cxi_async.replay import new_replay_producer
+    from cxi_async.replay.producer import new_replay_producer
 
     producer = new_replay_producer(config, 1)
     ray.get(producer.run.remote())

@@ -21,7 +21,7 @@ root = sys.argv[1]
 sys.path[:0] = [root + "/bench", root]
 os.sched_setaffinity(0, {int(sys.argv[2])})
 from bench_peaks import as_dtype, synth_batch
-from cxi_async import peaks, q2
+from cxi_async.core import peaks, q2
 logits, _ = synth_batch(8, 100, 0)
 shape = (8, 16, 352, 384)
 out = {}

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxi_async.catalog import Catalog
+from cxi_async.core.catalog import Catalog
 
 BLOCK = 1000
 

@@ -27,8 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxi_async.cxi import CxiEvents, EventRecord, write_cxi_file
-from cxi_async.reference import reference_write_cxi
+from bench.reference import reference_write_cxi
+from cxi_async.core.cxi import CxiEvents, EventRecord, write_cxi_file
 
 SLAB = (5632, 384)  # ePix10k2M: 16 modules of 352 x 384 stacked along slow scan
 MAX_NUM_PEAK = 2048

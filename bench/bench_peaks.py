@@ -26,8 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxi_async import peaks
-from cxi_async.reference import reference_find_peaks
+from bench.reference import reference_find_peaks
+from cxi_async.core import peaks
 
 PANELS, H_ORIG, W_ORIG, H_PAD, W_PAD = 16, 352, 384, 512, 512
 METHODS = ("key", "xorsign", "convert")  # ways to compare 16-bit logits (peaks._MaskScanner)

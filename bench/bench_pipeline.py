@@ -11,7 +11,7 @@ and a fresh output directory (deleted afterwards unless --out-dir). The base con
 the repository's config.toml (what ``python -m cxi_async config.toml`` runs) plus the flags.
 
 A repeat, in the default ``--order producer-first``:
-  1. the replay producer (cxi_async.replay; ``replay.unique_batches`` batches generated once
+  1. the replay producer (replay.producer; ``replay.unique_batches`` batches generated once
      and replayed under new ids) puts every batch into a Q2 large enough to hold them all, so
      it never has to retry; the bench waits until Q2 holds ``--prefill`` batches (default all);
   2. ``Pipeline.start(config)`` creates the drainer, finders and writers and starts draining;
@@ -78,9 +78,9 @@ from bench_disk import measure_disk_rate
 
 from cxi_async.actors.q2_shard import connect_shards
 from cxi_async.config import Config, load_config
+from cxi_async.core.q2 import shard_names
 from cxi_async.pipeline import Pipeline
-from cxi_async.q2 import shard_names
-from cxi_async.replay import new_replay_producer
+from cxi_async.replay.producer import new_replay_producer
 
 REPO = Path(__file__).resolve().parents[1]
 GB = 1e9

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from cxi_async import __version__
 from cxi_async.commands import add_config_arguments
 from cxi_async.config import Config, ConfigError, load_config
-from cxi_async.summary import format_progress, format_summary
+from cxi_async.core.summary import format_progress, format_summary
 
 log = logging.getLogger("cxi_async")
 
@@ -67,7 +67,7 @@ def setup_logging(config: Config) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "plot":  # no config: it reads a finished run's report
-        from cxi_async import plots
+        from cxi_async.core import plots
 
         return plots.main(argv[1:])
     if argv and argv[0] in COMMANDS and argv[0] != "run":
@@ -140,7 +140,7 @@ async def run(config: Config) -> int:
 
 def _exit_code(final: dict) -> int:
     """EXIT_FAILED when the run took batches but wrote or filtered none (e.g. all rejected)."""
-    from cxi_async.alarms import nothing_written
+    from cxi_async.core.alarms import nothing_written
 
     reason = nothing_written(final)
     if reason is None:

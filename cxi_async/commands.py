@@ -132,8 +132,8 @@ def _error(message: str) -> None:
 
 def check(config: Config, config_path: str, pipeline_config: str | None = None) -> int:
     """Print what the configuration resolves to; compare with the producer's YAML if given."""
-    from cxi_async.geometry import GeometryError, SlabLayout, load_layout
-    from cxi_async.producer_config import ProducerConfigError, check_producer_config
+    from cxi_async.core.geometry import GeometryError, SlabLayout, load_layout
+    from cxi_async.core.producer_config import ProducerConfigError, check_producer_config
 
     print(f"{config_path}: valid")
     ok = True
@@ -203,7 +203,7 @@ class _ClassesProbe:
     """A throwaway actor with the finders' options: which producer classes import there."""
 
     def classes(self) -> Any:
-        from cxi_async.upstream import ensure_producer_classes
+        from cxi_async.core.upstream import ensure_producer_classes
 
         return ensure_producer_classes()
 
@@ -219,8 +219,8 @@ def producer_classes_where_finders_run(
     """
     import ray
 
-    from cxi_async.placement import actor_options
-    from cxi_async.upstream import ensure_producer_classes
+    from cxi_async.actors.placement import actor_options
+    from cxi_async.core.upstream import ensure_producer_classes
 
     if not ray.is_initialized() and config.ray.address is None:
         return ensure_producer_classes()
@@ -417,7 +417,7 @@ def status(config: Config, *, as_json: bool = False) -> int:
     if as_json:
         print(json.dumps(stats, indent=2, sort_keys=True, default=str))
         return EXIT_OK
-    from cxi_async.summary import format_progress, format_summary
+    from cxi_async.core.summary import format_progress, format_summary
 
     state = f"stopping: {stats.get('stop_reason')}" if stats.get("stopping") else "running"
     print(
@@ -433,7 +433,7 @@ def stop(config: Config) -> int:
     """Drain and stop the pipeline (no driver needed), then free its coordinator's name."""
     import ray
 
-    from cxi_async.summary import format_summary
+    from cxi_async.core.summary import format_summary
 
     try:
         with _attached(config):
@@ -514,7 +514,7 @@ def assess_health(stats: dict, stall_s: float) -> tuple[bool, str]:
 
 def _loss_problems(stats: dict) -> list[str]:
     """Data being lost: Q2 full now, or most of the last 50 batches rejected."""
-    from cxi_async.alarms import q2_full_problem, rejection_problem
+    from cxi_async.core.alarms import q2_full_problem, rejection_problem
 
     return [p for p in (q2_full_problem(stats), rejection_problem(stats)) if p]
 

@@ -611,7 +611,7 @@ def _check_metadata(cfg: Config) -> None:
                 key="metadata.datasets",
             )
     if md.constants:
-        from cxi_async.cxi import RESERVED_ATTRS  # h5py: only when there are constants
+        from cxi_async.core.cxi import RESERVED_ATTRS  # h5py: only when there are constants
     for name in md.constants:
         if name in _WRITER_ATTRS or name in RESERVED_ATTRS:
             raise ConfigError(

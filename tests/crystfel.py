@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxi_async.lattice import UnitCell, orientation_error_deg
+from cxi_async.replay.lattice import UnitCell, orientation_error_deg
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_BIN = ROOT.parent / "shared" / "tools" / "crystfel" / "bin"

@@ -7,8 +7,8 @@ import json
 import pytest
 import ray
 
-from cxi_async import alarms
 from cxi_async.commands import assess_health
+from cxi_async.core import alarms
 
 # -- Q2 full ---------------------------------------------------------------------------------
 
@@ -221,7 +221,7 @@ async def test_a_misspelt_queue_warns_and_a_finite_job_stops(make_config):
 async def test_a_run_whose_every_batch_is_rejected_exits_non_zero(make_config, capsys):
     from cxi_async.__main__ import EXIT_FAILED, run
     from cxi_async.actors.q2_shard import connect_shards
-    from cxi_async.synthetic import PipelineOutput
+    from cxi_async.replay.synthetic import PipelineOutput
 
     config = make_config("replay.enabled=false", "stop.idle_timeout_s=1")
     shard = connect_shards(config.queue.name, config.ray.namespace, 1, 4)[0]

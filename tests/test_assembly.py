@@ -11,8 +11,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cxi_async.assembly import FileAssembler, FileBatch
-from cxi_async.messages import Ack, BatchResult, EventPeaks
+from cxi_async.core.assembly import FileAssembler, FileBatch
+from cxi_async.core.messages import Ack, BatchResult, EventPeaks
 
 REF = object()  # stands for the delivery's image ObjectRef
 

@@ -12,8 +12,9 @@ import msgspec
 import pytest
 
 import cxi_async
-from cxi_async import catalog as catalog_mod
-from cxi_async.catalog import (
+from cxi_async.config import Config, config_to_dict
+from cxi_async.core import catalog as catalog_mod
+from cxi_async.core.catalog import (
     EVENTS_LIST,
     FILES_LIST,
     STATUS_FILE,
@@ -24,7 +25,6 @@ from cxi_async.catalog import (
     hit_rate,
     report_name,
 )
-from cxi_async.config import Config, config_to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -28,7 +28,7 @@ import msgspec
 import pytest
 
 from cxi_async.config import Config, load_config
-from cxi_async.replay import truth_for
+from cxi_async.replay.producer import truth_for
 from tests.conftest import check_against_truth, read_cxi_files, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,8 +11,8 @@ import pytest
 
 from cxi_async import commands
 from cxi_async.__main__ import main as cli_main
+from cxi_async.actors.metrics import PipelineMetrics
 from cxi_async.config import dump_toml, load_config
-from cxi_async.metrics import PipelineMetrics
 from cxi_async.pipeline import Pipeline
 
 ROOT = Path(__file__).parents[1]

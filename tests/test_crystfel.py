@@ -18,9 +18,9 @@ import h5py
 import numpy as np
 import pytest
 
-from cxi_async.lattice import REPLAY_CELL_FILE, UnitCell
 from cxi_async.pipeline import Pipeline
-from cxi_async.replay import truth_for
+from cxi_async.replay.lattice import REPLAY_CELL_FILE, UnitCell
+from cxi_async.replay.producer import truth_for
 from tests.crystfel import ROOT, Verdict, find_indexamajig, judge, run_indexamajig
 
 INDEXAMAJIG, WHY_NOT = find_indexamajig()

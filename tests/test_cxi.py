@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import cxi_async
-from cxi_async import cxi as cxi_mod
-from cxi_async.cxi import (
+from cxi_async.core import cxi as cxi_mod
+from cxi_async.core.cxi import (
     CxiEvents,
     CxiWriteError,
     EventRecord,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from cxi_async.replay import truth_for
+from cxi_async.replay.producer import truth_for
 from tests.conftest import check_against_truth, read_cxi_files
 from tests.test_cli import (
     RUN,

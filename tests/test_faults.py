@@ -24,7 +24,7 @@ import torch
 
 from cxi_async.actors.q2_shard import ZERO_COPY_ENV, RemoteQ2Shard, connect_shards
 from cxi_async.pipeline import Pipeline, PipelineError, drainer_name
-from cxi_async.replay import new_replay_producer, replay_batch, truth_for
+from cxi_async.replay.producer import new_replay_producer, replay_batch, truth_for
 from tests.conftest import check_against_truth, read_cxi_files
 from tests.test_pipeline import assert_books_balance
 

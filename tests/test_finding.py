@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from cxi_async.config import Config, load_config
-from cxi_async.finding import BatchFinder, RefUnavailable
-from cxi_async.geometry import SlabLayout, load_layout
-from cxi_async.messages import BatchResult
-from cxi_async.synthetic import (
+from cxi_async.core.finding import BatchFinder, RefUnavailable
+from cxi_async.core.geometry import SlabLayout, load_layout
+from cxi_async.core.messages import BatchResult
+from cxi_async.replay.synthetic import (
     HC_EV_ANGSTROM,
     EventTruth,
     SyntheticBatch,

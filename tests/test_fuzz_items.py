@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cxi_async.config import load_config
-from cxi_async.finding import BatchFinder, RefUnavailable
-from cxi_async.messages import BatchResult
-from cxi_async.synthetic import PipelineOutput, PreprocessingMetadata
+from cxi_async.core.finding import BatchFinder, RefUnavailable
+from cxi_async.core.messages import BatchResult
+from cxi_async.replay.synthetic import PipelineOutput, PreprocessingMetadata
 
 # Inputs that once broke run(), pinned by the regression tests below: ragged metadata lists, inf in
 # original_shape, a bfloat16 image tensor, W = 1 logits with a column stride != 1, a denormal

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from cfelpyutils.geometry import load_crystfel_geometry
 
-from cxi_async.geometry import (
+from cxi_async.core.geometry import (
     SLAB_GEOM_KEYS,
     GeometryError,
     GeometryMismatch,

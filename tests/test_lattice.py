@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from cxi_async.config import ConfigError, load_config
-from cxi_async.detector import LabDetector
-from cxi_async.lattice import (
+from cxi_async.core.detector import LabDetector
+from cxi_async.replay.lattice import (
     UnitCell,
     cell_file_text,
     orientation_error_deg,
     random_rotation,
 )
-from cxi_async.synthetic import HC_EV_ANGSTROM, SyntheticSpec, SyntheticSpecError, make_batch
+from cxi_async.replay.synthetic import HC_EV_ANGSTROM, SyntheticSpec, SyntheticSpecError, make_batch
 from tests.test_synthetic import check_truth_against_labelling
 
 DATA = Path(__file__).parent / "data"

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cxi_async.metadata import HC_EV_ANGSTROM, MetadataRules, read_metadata, read_timestamps
+from cxi_async.core.metadata import HC_EV_ANGSTROM, MetadataRules, read_metadata, read_timestamps
 
 B = 3
 SECONDS = 1_700_000_000

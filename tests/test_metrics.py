@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import ray
 
-from cxi_async.metrics import PipelineMetrics
+from cxi_async.actors.metrics import PipelineMetrics
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

@@ -31,7 +31,7 @@ import psutil
 import pytest
 
 from cxi_async.config import Config, dump_toml, load_config
-from cxi_async.replay import truth_for
+from cxi_async.replay.producer import truth_for
 from tests.conftest import check_against_truth, read_cxi_files, tiny_overrides
 
 pytestmark = pytest.mark.slow

@@ -7,15 +7,15 @@ from dataclasses import fields
 import numpy as np
 import pytest
 
-from cxi_async import peaks
-from cxi_async.peaks import (
+from bench.reference import reference_find_peaks
+from cxi_async.core import peaks
+from cxi_async.core.peaks import (
     PeakFindingError,
     PeakTable,
     find_peaks,
     peak_mask,
     select_events,
 )
-from cxi_async.reference import reference_find_peaks
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -12,7 +12,7 @@ import ray
 
 from cxi_async.actors.q2_shard import connect_shards
 from cxi_async.pipeline import Pipeline, PipelineError
-from cxi_async.replay import new_replay_producer, truth_for
+from cxi_async.replay.producer import new_replay_producer, truth_for
 from tests.conftest import check_against_truth, read_cxi_files
 
 pytestmark = pytest.mark.usefixtures("ray_session")

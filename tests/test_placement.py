@@ -8,8 +8,7 @@ from ray.util.scheduling_strategies import (
     PlacementGroupSchedulingStrategy,
 )
 
-from cxi_async.config import Config, ConfigError, dump_toml, load_config
-from cxi_async.placement import (
+from cxi_async.actors.placement import (
     Node,
     PlacementError,
     actor_options,
@@ -18,6 +17,7 @@ from cxi_async.placement import (
     finder_bundles,
     selector_matches,
 )
+from cxi_async.config import Config, ConfigError, dump_toml, load_config
 
 # Two CPU nodes and a GPU node of a small cluster, as alive_nodes(ray.nodes()) gives them.
 CPU_A = Node("aa" * 28, "10.0.0.1", {"CPU": 8.0, "cxi_cpu": 8.0}, {"role": "cpu"})

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from cxi_async import upstream
 from cxi_async.config import dump_toml
+from cxi_async.core import upstream
 from tests.conftest import check_against_truth, read_cxi_files
 
 DATA_STRUCTURES = """
@@ -137,7 +137,7 @@ def test_stand_ins_have_the_producers_fields_in_order(producer_pkg):
 PICKLE_REAL = """
 import sys, numpy as np
 import pickle  # Ray pickles a class importable by reference the same way
-from cxi_async.upstream import ensure_producer_classes
+from cxi_async.core.upstream import ensure_producer_classes
 from peaknet_pipeline_ray.config.data_structures import PipelineOutput
 from peaknet_pipeline_ray.config.schemas import PreprocessingMetadata
 print(ensure_producer_classes().source)
@@ -153,7 +153,7 @@ open(sys.argv[1], "wb").write(pickle.dumps(item))
 READ_WITH_STAND_INS = """
 import sys, json
 import pickle  # Ray pickles a class importable by reference the same way
-from cxi_async import upstream
+from cxi_async.core import upstream
 state = upstream.ensure_producer_classes()
 item = pickle.loads(open(sys.argv[1], "rb").read())
 pm = item.preprocessing_metadata
@@ -209,7 +209,7 @@ def test_a_real_package_that_fails_to_import_gives_stand_ins(tmp_path):
     broken = write_fixture(tmp_path / "broken", init="import peaknet_model_not_here\n")
     out = run_py(
         """
-        from cxi_async import upstream
+        from cxi_async.core import upstream
         s = upstream.ensure_producer_classes()
         from peaknet_pipeline_ray.config.data_structures import PipelineOutput
         print(s.source, PipelineOutput is upstream.PipelineOutput)
@@ -271,7 +271,7 @@ def test_check_says_which_classes_the_local_finders_use(
 PRODUCER = """
 import sys, ray
 from cxi_async.config import load_config
-from cxi_async.replay import replay_batch
+from cxi_async.replay.producer import replay_batch
 from peaknet_pipeline_ray.config.data_structures import PipelineOutput
 from peaknet_pipeline_ray.config.schemas import PreprocessingMetadata
 
@@ -340,7 +340,7 @@ async def test_finders_read_real_class_items_with_stand_ins(make_config, produce
     consumer side can import them, and every event is written with its truth."""
     from cxi_async.actors.q2_shard import connect_shards
     from cxi_async.pipeline import Pipeline
-    from cxi_async.replay import truth_for
+    from cxi_async.replay.producer import truth_for
 
     config = make_config("replay.enabled=false", "replay.num_batches=3", "stop.idle_timeout_s=1")
     connect_shards(config.queue.name, config.ray.namespace, 1, 16)
@@ -391,7 +391,7 @@ import asyncio, json, sys, ray
 from cxi_async.actors.q2_shard import connect_shards
 from cxi_async.config import load_config
 from cxi_async.pipeline import Pipeline
-from cxi_async.replay import replay_batch
+from cxi_async.replay.producer import replay_batch
 from peaknet_pipeline_ray.config.data_structures import PipelineOutput
 from peaknet_pipeline_ray.config.schemas import PreprocessingMetadata
 
@@ -426,7 +426,7 @@ ray.shutdown()
 @pytest.mark.slow  # a Ray of its own in a subprocess, ~30 s
 def test_finders_use_the_real_classes_when_they_import(producer_pkg, tmp_path):
     from cxi_async.config import load_config
-    from cxi_async.replay import truth_for
+    from cxi_async.replay.producer import truth_for
     from tests.conftest import tiny_overrides
 
     overrides = [

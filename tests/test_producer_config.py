@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cxi_async.config import Config, load_config
-from cxi_async.producer_config import (
+from cxi_async.core.producer_config import (
     PRODUCER_DEFAULTS,
     Check,
     ProducerConfigError,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxi_async.q2 import (
+from cxi_async.core.q2 import (
     HC_EV_ANGSTROM,
     DecodedBatch,
     FifoShard,
@@ -448,7 +448,7 @@ def test_check_image_rejects(image, words):
 
 def test_importing_q2_does_not_import_torch_or_ray():
     code = (
-        "import sys, cxi_async.q2, cxi_async.config; "
+        "import sys, cxi_async.core.q2, cxi_async.config; "
         "assert 'torch' not in sys.modules and 'ray' not in sys.modules, sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

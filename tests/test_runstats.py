@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxi_async import runstats
 from cxi_async.__main__ import main as cli_main
-from cxi_async.detector import LabDetector
-from cxi_async.geometry import load_layout
+from cxi_async.core import runstats
+from cxi_async.core.detector import LabDetector
+from cxi_async.core.geometry import load_layout
+from cxi_async.core.runstats import PeakStats, decode_grid, hit_rate_over_time, merge
 from cxi_async.pipeline import Pipeline
-from cxi_async.replay import truth_for
-from cxi_async.runstats import PeakStats, decode_grid, hit_rate_over_time, merge
+from cxi_async.replay.producer import truth_for
 
 DATA = Path(__file__).parent / "data"
 MODULE = DATA / "epix10k2m-lab-module.geom"

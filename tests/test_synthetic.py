@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from cxi_async.config import Config
-from cxi_async.synthetic import (
+from cxi_async.replay.synthetic import (
     HC_EV_ANGSTROM,
     EventTruth,
     PipelineOutput,

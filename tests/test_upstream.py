@@ -14,8 +14,8 @@ import pytest
 import ray
 
 from cxi_async.pipeline import Pipeline
-from cxi_async.replay import new_replay_producer, truth_by_index
-from cxi_async.synthetic import SyntheticBatch
+from cxi_async.replay.producer import new_replay_producer, truth_by_index
+from cxi_async.replay.synthetic import SyntheticBatch
 from tests.test_faults import finish, wait_for
 
 pytestmark = pytest.mark.usefixtures("ray_session")

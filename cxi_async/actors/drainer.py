@@ -23,20 +23,20 @@ import msgspec
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 
-from cxi_async import alarms, cxi
 from cxi_async.actors.common import is_actor_death, setup_actor_logging, start_failure
+from cxi_async.actors.metrics import PipelineMetrics
+from cxi_async.actors.placement import actor_options, alive_nodes, check_placement, finder_bundles
 from cxi_async.actors.q2_shard import (
     check_topology,
     connect_shards,
     find_shard_indices,
     wrong_namespace_hint,
 )
-from cxi_async.catalog import Catalog, CatalogError
 from cxi_async.config import Config, config_to_dict
-from cxi_async.finding import load_slab_layout
-from cxi_async.messages import EMPTY, SHARD_GONE, Ack, BatchResult, Delivery, writer_index
-from cxi_async.metrics import PipelineMetrics
-from cxi_async.placement import actor_options, alive_nodes, check_placement, finder_bundles
+from cxi_async.core import alarms, cxi
+from cxi_async.core.catalog import Catalog, CatalogError
+from cxi_async.core.finding import load_slab_layout
+from cxi_async.core.messages import EMPTY, SHARD_GONE, Ack, BatchResult, Delivery, writer_index
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class Drainer:
     async def start_replay(self, num_shards: int) -> None:
         """Start the replay producer here, not in the driver: it and the watch that stops the
         run once Q2 is drained then live as long as this (detached) coordinator."""
-        from cxi_async.replay import new_replay_producer
+        from cxi_async.replay.producer import new_replay_producer
 
         self.producer = new_replay_producer(self.config, num_shards)
         self._spawn(self._stop_after_replay(self.producer.run.remote()), track=False)

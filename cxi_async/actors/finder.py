@@ -1,6 +1,6 @@
 """Finder actor: one delivery in, one small BatchResult out to a writer.
 
-Thin shell over `cxi_async.finding` (decode, find, select, map): a bounded asyncio inbox,
+Thin shell over `cxi_async.core.finding` (decode, find, select, map): a bounded asyncio inbox,
 CPU work in a worker thread so stats and stop are answered while it runs, and an await
 on the writer's inbox, which is where backpressure reaches the finders.
 """
@@ -18,9 +18,9 @@ import ray
 
 from cxi_async.actors.common import debug_init, is_actor_death, is_object_lost, setup_actor_logging
 from cxi_async.config import Config
-from cxi_async.finding import BatchFinder, RefUnavailable
-from cxi_async.messages import EMPTY, SHARD_GONE, BatchResult, Delivery, writer_index
-from cxi_async.upstream import ensure_producer_classes, unreadable_item_reason
+from cxi_async.core.finding import BatchFinder, RefUnavailable
+from cxi_async.core.messages import EMPTY, SHARD_GONE, BatchResult, Delivery, writer_index
+from cxi_async.core.upstream import ensure_producer_classes, unreadable_item_reason
 
 log = logging.getLogger(__name__)
 

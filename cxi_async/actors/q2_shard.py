@@ -12,10 +12,10 @@ from typing import Any
 
 import ray
 
-from cxi_async import q2
 from cxi_async.actors.common import quiet_zero_copy_warnings
-from cxi_async.q2 import shard_names
-from cxi_async.upstream import ensure_producer_classes
+from cxi_async.core import q2
+from cxi_async.core.q2 import shard_names
+from cxi_async.core.upstream import ensure_producer_classes
 
 log = logging.getLogger(__name__)
 

@@ -17,15 +17,15 @@ from typing import Any
 import numpy as np
 import ray
 
-from cxi_async import cxi
 from cxi_async.actors.common import debug_init, is_actor_death, is_object_lost, setup_actor_logging
-from cxi_async.assembly import FileAssembler, FileBatch
 from cxi_async.config import Config
-from cxi_async.finding import Layouts
-from cxi_async.geometry import SlabLayout, write_slab_geom
-from cxi_async.lattice import REPLAY_CELL_FILE, UnitCell, write_cell_file
-from cxi_async.messages import Ack, BatchResult
-from cxi_async.runstats import STATS_KEY, PeakStats
+from cxi_async.core import cxi
+from cxi_async.core.assembly import FileAssembler, FileBatch
+from cxi_async.core.finding import Layouts
+from cxi_async.core.geometry import SlabLayout, write_slab_geom
+from cxi_async.core.messages import Ack, BatchResult
+from cxi_async.core.runstats import STATS_KEY, PeakStats
+from cxi_async.replay.lattice import REPLAY_CELL_FILE, UnitCell, write_cell_file
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cxi_async.messages import Ack, BatchResult, EventPeaks
+from cxi_async.core.messages import Ack, BatchResult, EventPeaks
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import cxi_async
-from cxi_async import runstats
+from cxi_async.core import runstats
 
 log = logging.getLogger(__name__)
 

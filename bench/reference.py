@@ -14,10 +14,10 @@ import h5py
 import numpy as np
 from scipy import ndimage
 
-from cxi_async.peaks import PeakTable
+from cxi_async.core.peaks import PeakTable
 
 if TYPE_CHECKING:
-    from cxi_async.cxi import CxiEvents
+    from cxi_async.core.cxi import CxiEvents
 
 
 # --- baseline peak finder ---

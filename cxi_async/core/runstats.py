@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from cxi_async.detector import DetectorError, LabDetector
+from cxi_async.core.detector import DetectorError, LabDetector
 
 __all__ = [
     "PeakStats",
@@ -74,7 +74,7 @@ class PeakStats:
     def for_run(cls, geom_file: str | None, layout: Any) -> PeakStats:
         """From the configured geometry (resolution too), else the placeholder lab layout the
         run writes beside its files (a powder pattern, but no resolution: clen is made up)."""
-        from cxi_async.geometry import _placeholder_geom
+        from cxi_async.core.geometry import _placeholder_geom
 
         if geom_file is not None:
             with contextlib.suppress(DetectorError):  # e.g. clen from a dataset

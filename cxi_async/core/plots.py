@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from cxi_async.runstats import decode_grid
+from cxi_async.core.runstats import decode_grid
 
 __all__ = ["find_report", "main", "plot_report"]
 

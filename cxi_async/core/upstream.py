@@ -132,7 +132,7 @@ def _register_stand_ins() -> None:
 
 
 def _module(name: str, package: bool = False) -> types.ModuleType:
-    module = types.ModuleType(name, f"cxi_async stand-in for {name} (see cxi_async.upstream)")
+    module = types.ModuleType(name, f"cxi_async stand-in for {name} (see cxi_async.core.upstream)")
     if package:
         module.__path__ = []  # a package, so that submodule imports look in sys.modules
     sys.modules[name] = module

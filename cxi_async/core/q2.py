@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from cxi_async.config import SAFE_NAME
-from cxi_async.metadata import HC_EV_ANGSTROM, EventMetadata, MetadataRules, read_metadata
+from cxi_async.core.metadata import HC_EV_ANGSTROM, EventMetadata, MetadataRules, read_metadata
 
 __all__ = [
     "HC_EV_ANGSTROM",

@@ -19,7 +19,7 @@ Exactness guarantees (checked in ``tests/test_synthetic.py``):
   blob, cast to float32; ``max_value`` is exact. A consumer summing in float32 agrees to ~1e-6
   relative: compare with ``rtol=1e-5``.
 
-No Ray here: ``cxi_async.replay`` puts the arrays into the object store and the queue.
+No Ray here: ``cxi_async.replay.producer`` puts the arrays into the object store and the queue.
 """
 
 from __future__ import annotations
@@ -681,7 +681,7 @@ def make_batch(spec: SyntheticSpec, index: int) -> SyntheticBatch:
         pixels=pixels,
     )
     if spec.pattern == "lattice":
-        from cxi_async.lattice import diffract_batch
+        from cxi_async.replay.lattice import diffract_batch
 
         return diffract_batch(batch, spec, index)
     return batch

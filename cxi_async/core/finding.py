@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from cxi_async import peaks, q2
 from cxi_async.config import Config
-from cxi_async.geometry import GeometryMismatch, SlabLayout, load_layout
-from cxi_async.messages import BatchResult, EventPeaks
-from cxi_async.metadata import MetadataRules
+from cxi_async.core import peaks, q2
+from cxi_async.core.geometry import GeometryMismatch, SlabLayout, load_layout
+from cxi_async.core.messages import BatchResult, EventPeaks
+from cxi_async.core.metadata import MetadataRules
 
 log = logging.getLogger(__name__)
 

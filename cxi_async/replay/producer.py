@@ -3,7 +3,7 @@
 A Ray actor that behaves like peaknet-pipeline-ray's output side: it creates-or-connects the
 shards `<queue>_shard_<i>` in the namespace, `ray.put`s each batch's image (so it owns the
 image refs, as the producer's actors do), and puts `PipelineOutput`-shaped items round-robin,
-retrying while every shard is full. Batches come from `cxi_async.synthetic`, deterministic
+retrying while every shard is full. Batches come from `cxi_async.replay.synthetic`, deterministic
 in (seed, index), so a test can recompute the ground truth of every batch it sees.
 """
 
@@ -20,7 +20,7 @@ import ray
 from cxi_async.actors.common import setup_actor_logging
 from cxi_async.actors.q2_shard import ZERO_COPY_ENV, connect_shards
 from cxi_async.config import Config
-from cxi_async.synthetic import SyntheticBatch, SyntheticSpec, make_batch
+from cxi_async.replay.synthetic import SyntheticBatch, SyntheticSpec, make_batch
 
 log = logging.getLogger(__name__)
 

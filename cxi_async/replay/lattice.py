@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from cxi_async.detector import LabDetector
+from cxi_async.core.detector import LabDetector
 
 __all__ = [
     "REPLAY_CELL_FILE",
@@ -387,7 +387,7 @@ def _detector_for(
     geom_file: str | None, num_panels: int, panel_shape: tuple[int, int]
 ) -> tuple[LabDetector, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Lab model, CrystFEL panel -> inference panel map and slab origins, loaded once."""
-    from cxi_async.geometry import SlabLayout, _placeholder_geom, load_layout
+    from cxi_async.core.geometry import SlabLayout, _placeholder_geom, load_layout
 
     if geom_file is None:  # the placeholder lab layout the run writes beside its files
         layout = SlabLayout.stacked(num_panels, *panel_shape)
@@ -415,7 +415,7 @@ def diffract_batch(batch: Any, spec: Any, index: int) -> Any:
     """
     from dataclasses import replace
 
-    from cxi_async.synthetic import HC_EV_ANGSTROM, _pad_offset
+    from cxi_async.replay.synthetic import HC_EV_ANGSTROM, _pad_offset
 
     # An assembled, centre-padded image has its real pixels at this offset in the padded array.
     dr, dc = _pad_offset(spec) if getattr(spec, "layout", "panels") == "assembled" else (0, 0)

@@ -1,0 +1,1 @@
+"""The functional core: plain modules, no Ray (decoding, peaks, geometry, CXI, books)."""
