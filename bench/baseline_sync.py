@@ -38,9 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.reference import reference_find_peaks, reference_write_cxi
 from cxi_async.config import Config, load_config
 from cxi_async.core import q2
-from cxi_async.core.cxi import CxiEvents, EventRecord
+from cxi_async.core.cxi import CxiEvents
 from cxi_async.core.finding import Layouts, load_slab_layout
 from cxi_async.core.geometry import SlabLayout
+from cxi_async.core.messages import EventPeaks
 from cxi_async.replay.producer import replay_batch
 from cxi_async.replay.synthetic import SyntheticBatch
 
@@ -68,7 +69,7 @@ class BaselineResult:
 
 @dataclass
 class _Pending:
-    record: EventRecord
+    record: EventPeaks
     image: np.ndarray  # (B*C, 1, H, W) of its batch
     layout: SlabLayout
     batch: int  # position in the run, for latency
@@ -122,7 +123,7 @@ def _process(
     fetch: Callable[[Any], Any],
     config: Config,
     layouts: Layouts,
-) -> tuple[list[EventRecord], np.ndarray, int, SlabLayout]:
+) -> tuple[list[EventPeaks], np.ndarray, int, SlabLayout]:
     """(kept event records, image, filtered count, slab layout) of one item, the slow way."""
     batch = q2.decode_item(item, fetch)
     b, c, h, w = batch.original_shape
@@ -148,7 +149,7 @@ def _process(
         ss, fs = layout.to_slab(table.panel[rows], table.row[rows], table.col[rows])
         energy = float(batch.photon_energy_ev[e])
         records.append(
-            EventRecord(
+            EventPeaks(
                 fs=fs.astype(np.float32),
                 ss=ss.astype(np.float32),
                 total_intensity=table.total_intensity[rows],

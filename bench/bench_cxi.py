@@ -28,7 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.reference import reference_write_cxi
-from cxi_async.core.cxi import CxiEvents, EventRecord, write_cxi_file
+from cxi_async.core.cxi import CxiEvents, write_cxi_file
+from cxi_async.core.messages import EventPeaks
 
 SLAB = (5632, 384)  # ePix10k2M: 16 modules of 352 x 384 stacked along slow scan
 MAX_NUM_PEAK = 2048
@@ -40,7 +41,7 @@ def make_events(n: int, rng: np.random.Generator) -> CxiEvents:
     for k in range(n):
         npk = int(rng.integers(80, 121))
         records.append(
-            EventRecord(
+            EventPeaks(
                 fs=rng.uniform(0, SLAB[1] - 1, npk).astype(np.float32),
                 ss=rng.uniform(0, SLAB[0] - 1, npk).astype(np.float32),
                 total_intensity=rng.uniform(50, 5e4, npk).astype(np.float32),

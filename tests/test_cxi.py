@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 import h5py
+import msgspec
 import numpy as np
 import pytest
 
@@ -18,20 +19,20 @@ from cxi_async.core import cxi as cxi_mod
 from cxi_async.core.cxi import (
     CxiEvents,
     CxiWriteError,
-    EventRecord,
     SequenceCounter,
     cxi_file_name,
     inprogress_path,
     rename_noreplace,
     write_cxi_file,
 )
+from cxi_async.core.messages import EventPeaks
 
 SLAB = (64, 48)
 M = 8
 
 
-def _record(rng: np.random.Generator, n: int, k: int) -> EventRecord:
-    return EventRecord(
+def _record(rng: np.random.Generator, n: int, k: int) -> EventPeaks:
+    return EventPeaks(
         fs=rng.uniform(0, SLAB[1] - 1, n).astype(np.float32),
         ss=rng.uniform(0, SLAB[0] - 1, n).astype(np.float32),
         total_intensity=rng.uniform(1, 1e4, n).astype(np.float32),
@@ -57,7 +58,7 @@ def _filler(frames: np.ndarray):
 
 
 @pytest.fixture
-def records() -> list[EventRecord]:
+def records() -> list[EventPeaks]:
     rng = np.random.default_rng(0)
     return [_record(rng, n, k) for k, n in enumerate([3, 0, M, 1])]
 
@@ -76,7 +77,7 @@ def _assert_events_equal(a: CxiEvents, b: CxiEvents) -> None:
             assert x == y, field
 
 
-def test_pack_matches_hand_built(records: list[EventRecord]) -> None:
+def test_pack_matches_hand_built(records: list[EventPeaks]) -> None:
     ev = CxiEvents.pack(records, M)
     assert ev.n_events == 4 and ev.max_num_peak == M
     np.testing.assert_array_equal(ev.n_peaks, [3, 0, M, 1])
@@ -104,17 +105,17 @@ def test_pack_matches_hand_built(records: list[EventRecord]) -> None:
     np.testing.assert_array_equal(ev.event_index, [0, 1, 0, 1])
 
 
-def test_pack_rejects_too_many_peaks_and_ragged_events(records: list[EventRecord]) -> None:
+def test_pack_rejects_too_many_peaks_and_ragged_events(records: list[EventPeaks]) -> None:
     with pytest.raises(ValueError, match=r"'batch-ä1'\[0\] has 8 peaks, more than max_num_peak=7"):
         CxiEvents.pack(records, M - 1)
-    ragged = records[0]._replace(npix=np.ones(2, np.int32))
+    ragged = msgspec.structs.replace(records[0], npix=np.ones(2, np.int32))
     with pytest.raises(ValueError, match="3 fs values but 2 npix values"):
         CxiEvents.pack([ragged], M)
     with pytest.raises(ValueError, match="at least one event"):
         CxiEvents.pack([], M)
 
 
-def test_events_reject_lossy_dtype_and_bad_shape(records: list[EventRecord]) -> None:
+def test_events_reject_lossy_dtype_and_bad_shape(records: list[EventPeaks]) -> None:
     ev = CxiEvents.pack(records, M)
     fields = {f: getattr(ev, f) for f in ev.__dataclass_fields__}
     with pytest.raises(ValueError, match="peak_npix has dtype float32"):
@@ -126,7 +127,7 @@ def test_events_reject_lossy_dtype_and_bad_shape(records: list[EventRecord]) -> 
 
 
 @pytest.mark.parametrize("fsync", [True, False])
-def test_round_trip_every_dataset(tmp_path: Path, records: list[EventRecord], fsync: bool) -> None:
+def test_round_trip_every_dataset(tmp_path: Path, records: list[EventPeaks], fsync: bool) -> None:
     ev = CxiEvents.pack(records, M)
     before = _copy_events(ev)
     frames = _frames(ev.n_events)
@@ -195,7 +196,7 @@ def test_zero_peak_events_keep_peak_total_intensity(tmp_path: Path) -> None:
             assert not r[name][()].any()
 
 
-def test_inprogress_then_rename(tmp_path: Path, records: list[EventRecord]) -> None:
+def test_inprogress_then_rename(tmp_path: Path, records: list[EventPeaks]) -> None:
     ev = CxiEvents.pack(records, M)
     final = tmp_path / "p_r1_000003.cxi"
     seen: list[tuple[bool, bool]] = []

@@ -17,7 +17,7 @@ import pytest
 from cxi_async.config import Config, load_config
 from cxi_async.core.finding import BatchFinder, RefUnavailable
 from cxi_async.core.geometry import SlabLayout, load_layout
-from cxi_async.core.messages import BatchResult
+from cxi_async.core.messages import Found, Rejected
 from cxi_async.replay.synthetic import (
     HC_EV_ANGSTROM,
     EventTruth,
@@ -91,7 +91,7 @@ def run(
     layout: SlabLayout | None = None,
     delivery_id: int = 11,
     **item_kw: Any,
-) -> tuple[BatchResult, Store, Ref | None]:
+) -> tuple[Found | Rejected, Store, Ref | None]:
     store = Store()
     ref = store.put(batch.image, "image") if image else None
     item = batch.to_item(image_ref=ref)
@@ -106,7 +106,7 @@ def kept_truth(batch: SyntheticBatch) -> list[EventTruth]:
 
 
 def assert_matches_truth(
-    res: BatchResult,
+    res: Found | Rejected,
     batch: SyntheticBatch,
     min_ss: np.ndarray,
     min_fs: np.ndarray,
@@ -114,7 +114,7 @@ def assert_matches_truth(
     with_image: bool = True,
 ) -> None:
     truth = kept_truth(batch)
-    assert res.rejected is None
+    assert isinstance(res, Found)
     assert [e.event_index for e in res.kept] == [t.event_index for t in truth]
     for e, t in zip(res.kept, truth, strict=True):
         assert e.fs.dtype == np.float32 and e.ss.dtype == np.float32
@@ -230,7 +230,7 @@ def test_no_image_ref_writes_peaks_without_intensities(batch, policy):
     assert res.filtered == 1
 
 
-def lost_image(batch: SyntheticBatch, policy: str) -> BatchResult:
+def lost_image(batch: SyntheticBatch, policy: str) -> Found | Rejected:
     store = Store()
     ref = store.put(batch.image, "image")
     store.lose(ref)
@@ -238,13 +238,12 @@ def lost_image(batch: SyntheticBatch, policy: str) -> BatchResult:
     return finder.run(batch.to_item(image_ref=ref), 5, store.fetch)
 
 
-def test_lost_image_rejects_the_batch_by_default(batch):
+def test_lost_image_rejects_the_batch_when_asked(batch):
     res = lost_image(batch, "reject")
-    assert res.rejected is not None
-    assert batch.batch_id in res.rejected and "image is gone" in res.rejected
+    assert isinstance(res, Rejected)
+    assert batch.batch_id in res.reason and "image is gone" in res.reason
     assert res.delivery_id == 5 and res.batch_id == batch.batch_id
     assert res.num_events == 3
-    assert res.kept == [] and res.filtered == 0 and res.image == []
 
 
 def test_lost_image_with_write_without_image(batch):
@@ -258,8 +257,8 @@ def test_image_of_the_wrong_shape_is_rejected(batch):
     store = Store()
     ref = store.put(batch.image[:, :, :40], "image")
     res = BatchFinder(config()).run(batch.to_item(image_ref=ref), 1, store.fetch)
-    assert res.rejected is not None
-    assert batch.batch_id in res.rejected and "(6, 1, 40, 48)" in res.rejected
+    assert isinstance(res, Rejected)
+    assert batch.batch_id in res.reason and "(6, 1, 40, 48)" in res.reason
     assert res.num_events == 3
 
 
@@ -284,11 +283,11 @@ def test_lost_predictions_ref_is_rejected(batch):
     item.predictions_ref = store.put(batch.logits, "logits")
     store.lose(item.predictions_ref)
     res = BatchFinder(config()).run(item, 3, store.fetch)
-    assert res.rejected is not None
-    assert batch.batch_id in res.rejected and "predictions_ref is gone" in res.rejected
+    assert isinstance(res, Rejected)
+    assert batch.batch_id in res.reason and "predictions_ref is gone" in res.reason
 
 
-def assert_same_events(a: BatchResult, b: BatchResult) -> None:
+def assert_same_events(a: Found, b: Found) -> None:
     assert (a.filtered, a.truncated_peaks, a.num_events) == (b.filtered, b.truncated_peaks, 3)
     assert len(a.kept) == len(b.kept)
     for x, y in zip(a.kept, b.kept, strict=True):
@@ -336,10 +335,9 @@ def test_truncation_to_max_num_peak(batch):
 
 def test_geometry_that_does_not_match_the_data_is_rejected(batch):
     res, _, _ = run(batch, config(f"geometry.geom_file='{DATA / 'epix10k2m-module.geom'}'"))
-    assert res.rejected is not None
-    assert "16 panels of 352 x 384" in res.rejected  # the geometry's
-    assert "2 panels of 32 x 40" in res.rejected  # the data's
-    assert res.kept == [] and res.filtered == 0
+    assert isinstance(res, Rejected)
+    assert "16 panels of 352 x 384" in res.reason  # the geometry's
+    assert "2 panels of 32 x 40" in res.reason  # the data's
     assert res.batch_id == batch.batch_id
 
 
@@ -347,9 +345,9 @@ def test_geometry_rejection_names_the_batch(batch, side_by_side):
     data = dataclasses.replace(SPEC, panel_shape=(30, 40))
     other = make_batch(data, 0)
     res, _, _ = run(other, config(f"geometry.geom_file='{side_by_side}'"))
-    assert res.rejected is not None
-    assert "2 panels of 32 x 40" in res.rejected and "2 panels of 30 x 40" in res.rejected
-    assert other.batch_id in res.rejected
+    assert isinstance(res, Rejected)
+    assert "2 panels of 32 x 40" in res.reason and "2 panels of 30 x 40" in res.reason
+    assert other.batch_id in res.reason
 
 
 def test_data_shape_picks_its_own_stacked_layout(batch):
@@ -358,7 +356,7 @@ def test_data_shape_picks_its_own_stacked_layout(batch):
     first = finder.run(batch.to_item(image_ref=store.put(batch.image)), 1, store.fetch)
     other = make_batch(dataclasses.replace(SPEC, num_panels=3), 0)
     second = finder.run(other.to_item(image_ref=store.put(other.image)), 2, store.fetch)
-    assert first.rejected is None and second.rejected is None
+    assert isinstance(first, Found) and isinstance(second, Found)
     assert (first.num_panels, second.num_panels) == (2, 3)
     assert_matches_truth(second, other, *stacked(3))
 

@@ -27,12 +27,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
 import h5py
 import numpy as np
 
 import cxi_async
+from cxi_async.core.messages import EventPeaks
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,6 @@ __all__ = [
     "CXI_VERSION",
     "CxiEvents",
     "CxiWriteError",
-    "EventPeaksLike",
-    "EventRecord",
     "SequenceCounter",
     "count_events",
     "cxi_file_name",
@@ -98,47 +97,6 @@ class CxiWriteError(OSError):
 # --------------------------------------------------------------------------- events
 
 
-class EventPeaksLike(Protocol):
-    """One event's kept peaks (1-D arrays of equal length) and its per-event scalars."""
-
-    @property
-    def fs(self) -> np.ndarray: ...
-    @property
-    def ss(self) -> np.ndarray: ...
-    @property
-    def total_intensity(self) -> np.ndarray: ...
-    @property
-    def npix(self) -> np.ndarray: ...
-    @property
-    def max_value(self) -> np.ndarray: ...
-    @property
-    def panel(self) -> np.ndarray: ...
-    @property
-    def photon_energy_ev(self) -> float: ...
-    @property
-    def timestamp(self) -> int: ...
-    @property
-    def batch_id(self) -> str: ...
-    @property
-    def event_index(self) -> int: ...
-
-
-class EventRecord(NamedTuple):
-    """Plain per-event input for :meth:`CxiEvents.pack` (satisfies :class:`EventPeaksLike`)."""
-
-    fs: np.ndarray
-    ss: np.ndarray
-    total_intensity: np.ndarray
-    npix: np.ndarray
-    max_value: np.ndarray
-    panel: np.ndarray
-    photon_energy_ev: float = float("nan")
-    timestamp: int = 0
-    batch_id: str = ""
-    event_index: int = 0
-    datasets: tuple[tuple[str, float], ...] = ()  # extra per-event datasets: (path, value)
-
-
 # (field, dtype, CXI dataset name) for the (N, M) peak arrays, in file order.
 _PEAK_COLUMNS: tuple[tuple[str, type, str], ...] = (
     ("peak_fs", np.float32, "peakXPosRaw"),
@@ -148,7 +106,7 @@ _PEAK_COLUMNS: tuple[tuple[str, type, str], ...] = (
     ("peak_max_value", np.float32, "peakMaximumValue"),
     ("peak_panel", np.int16, "peakSegPosRaw"),
 )
-# EventRecord attribute that feeds each peak column in pack().
+# EventPeaks attribute that feeds each peak column in pack().
 _PACK_SOURCES = ("fs", "ss", "total_intensity", "npix", "max_value", "panel")
 
 
@@ -229,7 +187,7 @@ class CxiEvents:
         return int(self.peak_fs.shape[1])
 
     @classmethod
-    def pack(cls, per_event: Sequence[EventPeaksLike], max_num_peak: int) -> CxiEvents:
+    def pack(cls, per_event: Sequence[EventPeaks], max_num_peak: int) -> CxiEvents:
         """Pad per-event 1-D peak arrays into (N, max_num_peak) columns in one vectorised pass.
 
         An event with more than ``max_num_peak`` peaks is an error: truncating (and counting

@@ -1,4 +1,4 @@
-"""One Q2 item in, one BatchResult out: the finder's work without Ray.
+"""One Q2 item in, one Found or Rejected out: the finder's work without Ray.
 
 Decode the item (q2), read its image, find peaks (peaks), keep the events with enough
 of them, and map the kept peaks onto the slab (geometry). The finder actor runs
@@ -17,7 +17,7 @@ import numpy as np
 from cxi_async.config import Config
 from cxi_async.core import peaks, q2
 from cxi_async.core.geometry import GeometryMismatch, SlabLayout, load_layout
-from cxi_async.core.messages import BatchResult, EventPeaks
+from cxi_async.core.messages import EventPeaks, Found, Rejected
 from cxi_async.core.metadata import MetadataRules
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class BatchFinder:
             unpadded_shape(config, self.layouts.layout), config.queue.pad_style
         )
 
-    def run(self, item: Any, delivery_id: int, fetch: Callable[[Any], Any]) -> BatchResult:
+    def run(self, item: Any, delivery_id: int, fetch: Callable[[Any], Any]) -> Found | Rejected:
         """Find and select the peaks of one item; a bad item becomes a rejected result."""
         batch_id = _batch_id_of(item)
         try:
@@ -116,7 +116,7 @@ class BatchFinder:
             return _rejected(delivery_id, batch.batch_id, f"batch {batch.batch_id}: {exc}", b)
         selection = peaks.select_events(table, self.pf.min_num_peak, self.pf.max_num_peak)
         kept = self._kept_events(batch, table, selection, layout)
-        return BatchResult(
+        return Found(
             delivery_id=delivery_id,
             batch_id=batch.batch_id,
             num_events=b,
@@ -125,9 +125,9 @@ class BatchFinder:
             image=[] if images_missing else [batch.image_ref],
             num_panels=c,
             panel_shape=(h, w),
-            truncated_peaks=selection.total_truncated,
-            images_missing=images_missing,
             pad_offset=batch.pad_offset,
+            images_missing=images_missing,
+            truncated_peaks=selection.total_truncated,
             notices=self._notices(batch, kept, image),
             find_seconds=time.perf_counter() - t0,
         )
@@ -184,6 +184,7 @@ class BatchFinder:
                     **{k: v[s] for k, v in columns.items()},
                     photon_energy_ev=float(energy[b]),
                     timestamp=int(meta.timestamp[b]),
+                    batch_id=batch.batch_id,
                     run=batch.run[b] if batch.run is not None else None,
                     timestamp_missing=bool(meta.timestamp_missing[b]),
                     datasets=tuple((p, float(v[b])) for p, v in meta.datasets.items()),
@@ -247,17 +248,8 @@ def _batch_id_of(item: Any) -> str:
     return bid if isinstance(bid, str) else f"<{type(item).__name__}>"
 
 
-def _rejected(delivery_id: int, batch_id: str, reason: str, num_events: int = 0) -> BatchResult:
+def _rejected(delivery_id: int, batch_id: str, reason: str, num_events: int = 0) -> Rejected:
     log.error(
         "rejected %s", reason if reason.startswith("batch") else f"batch {batch_id}: {reason}"
     )
-    return BatchResult(
-        delivery_id=delivery_id,
-        batch_id=batch_id,
-        num_events=num_events,
-        kept=[],
-        filtered=0,
-        image=[],
-        num_panels=0,
-        rejected=reason,
-    )
+    return Rejected(delivery_id, batch_id, num_events, reason)

@@ -1,4 +1,7 @@
-"""Messages passed between the actors.
+"""What the actors tell each other: one type per fact.
+
+    coordinator ──Delivery──▶ finder ──Found | Rejected | Unread──▶ coordinator
+    coordinator ──Found──▶ writer ──FileDone──▶ coordinator
 
 They are msgspec Structs so they are small, typed and cheap to pickle. ObjectRefs travel
 inside one-element lists: Ray resolves an ObjectRef only when it is a top-level argument,
@@ -7,35 +10,29 @@ so nesting keeps the bytes in the object store until the receiver asks for them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import numpy as np
 
-EMPTY = "empty"  # a finder found no item behind the ref (the shard was empty after all)
-SHARD_GONE = "shard-gone"  # the shard died before answering get(): nothing was taken
-
-
-def writer_index(delivery_id: int, num_writers: int) -> int:
-    """The writer that owns a delivery: finders send to it, the drainer re-sends to it."""
-    return delivery_id % num_writers
-
 
 class Delivery(msgspec.Struct, frozen=True):
-    """One batch taken from Q2, as the drainer hands it to a finder.
+    """One batch taken from Q2, as the coordinator hands it to a finder.
 
-    `item` holds the ObjectRef of the shard's `get` result (the PipelineOutput); the drainer
-    owns that ref, so the item stays in the object store until the batch is acked.
+    `item` holds the ObjectRef of the shard's `get` result (the PipelineOutput); the
+    coordinator owns that ref, so the item stays in the object store while a finder needs it.
     """
 
     delivery_id: int
     item: list[Any]
     shard: int
-    attempt: int = 0
 
 
 class EventPeaks(msgspec.Struct):
-    """The kept peaks of one event, already mapped to slab coordinates."""
+    """One kept event on its way to a file: its peaks in slab coordinates and its scalars.
+
+    The one type from the finder to `cxi.CxiEvents.pack`.
+    """
 
     event_index: int
     fs: np.ndarray  # float32 slab fast-scan (column) positions
@@ -46,43 +43,58 @@ class EventPeaks(msgspec.Struct):
     panel: np.ndarray  # int16
     photon_energy_ev: float  # the fallback where the metadata had none (0 without one)
     timestamp: int  # psana value, 0 where the metadata had none that could be read
+    batch_id: str = ""  # the producer's batch id: provenance in the file, never identity
     run: str | None = None  # run label from metadata (output.run_from_metadata), if any
     timestamp_missing: bool = False
     datasets: tuple[tuple[str, float], ...] = ()  # [metadata.datasets]: (CXI path, value)
 
 
-class BatchResult(msgspec.Struct):
-    """What a finder made of one delivery; small, the image stays behind its ref."""
+Notice = tuple[str, str, str]  # (kind, level, sentence): the coordinator says each kind once
+
+
+class Found(msgspec.Struct, tag=True):
+    """A finder read the batch: the events it keeps (small; the image stays behind its ref)."""
 
     delivery_id: int
     batch_id: str
     num_events: int
     kept: list[EventPeaks]
     filtered: int
-    image: list[Any]  # [ObjectRef] of the (B*C, 1, H, W) images, or [] when there are none
+    image: list[Any]  # [ObjectRef of the (B*C, 1, H, W) images], or [] without them
     num_panels: int
-    panel_shape: tuple[int, int] = (0, 0)  # (H_orig, W_orig): picks the slab layout
-    rejected: str | None = None  # reason when the whole batch was rejected
-    truncated_peaks: int = 0
-    images_missing: bool = False
+    panel_shape: tuple[int, int]  # (H_orig, W_orig): picks the slab layout
     pad_offset: tuple[int, int] = (0, 0)  # (top, left) of the real pixels in the padded image
-    notices: list[tuple[str, str, str]] = []  # (kind, level, sentence): say once per run
+    images_missing: bool = False
+    truncated_peaks: int = 0
+    notices: list[Notice] = []
     find_seconds: float = 0.0
-    decode_seconds: float = 0.0
-    handed_to_writer: bool = True  # False: the writer died; the drainer re-sends the result
-
-    @property
-    def kept_events(self) -> int:
-        return len(self.kept)
 
 
-class Ack(msgspec.Struct, frozen=True):
-    """A writer tells the drainer a delivery is finished: every kept event is in a file."""
+class Rejected(msgspec.Struct, tag=True):
+    """The whole batch is rejected; `reason` is the one sentence the log and stats show."""
 
     delivery_id: int
-    written: int
-    filtered: int
-    rejected: int = 0
-    duplicates: int = 0
-    reason: str | None = None
-    num_events: int = 0  # events of the batch (written + filtered + rejected + duplicates)
+    batch_id: str
+    num_events: int
+    reason: str
+    notices: list[Notice] = []
+
+
+class Unread(msgspec.Struct, tag=True):
+    """Nothing was behind the take: the shard was empty after all, or died before answering."""
+
+    delivery_id: int
+    why: Literal["empty", "shard gone"]
+
+
+FinderResult = Found | Rejected | Unread
+
+
+class FileDone(msgspec.Struct, frozen=True):
+    """A writer renamed a file: the writer's one fact back to the coordinator."""
+
+    writer: int
+    path: str
+    events: list[tuple[int, int]]  # (delivery id, event index), in file order
+    size: int = 0  # bytes
+    seconds: float = 0.0  # from the start of the write to the rename
