@@ -571,7 +571,7 @@ def steady_rate(file_times: list[tuple[float, int]], hit_rate: float) -> float |
     return kept / span / hit_rate if span > 0 else None
 
 
-PIPELINE_ROLES = ("Drainer", "Finder", "Writer", "FifoShard", "raylet", "gcs_server")
+PIPELINE_ROLES = ("Coordinator", "Finder", "Writer", "FifoShard", "raylet", "gcs_server")
 
 
 def summarize_repeat(

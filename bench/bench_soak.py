@@ -8,7 +8,7 @@ Runs the real pipeline (``Pipeline.start``) on the replay producer in a local Ra
 (``num_cpus=2``), with a reduced detector shape and ``replay.unique_batches = 4`` (four
 batches generated, replayed under new ids) so that the run fits on the disk. Every
 ``--interval`` seconds it samples the RSS of every Ray actor process (by process title:
-Drainer, Finder, Writer, the Q2 shard, ReplayProducer), the drainer's latency p50/p99 (over its
+Coordinator, Finder, Writer, the Q2 shard, ReplayProducer), the drainer's latency p50/p99 (over its
 last 20,000 batches) and events written, and each writer's dedup window (batch ids
 remembered). At the end it checks that ``files.lst`` names exactly the ``.cxi`` files on disk
 and ``events.lst`` exactly their frames (``//0`` .. ``//n-1`` of each, from nPeaks), writes
@@ -41,7 +41,7 @@ from bench_pipeline import _role  # noqa: E402  (the bench's process-title roles
 from cxi_async.config import load_config  # noqa: E402
 from cxi_async.pipeline import Pipeline  # noqa: E402
 
-ACTOR_ROLES = {"Drainer", "Finder", "Writer", "FifoShard", "RemoteQ2Shard", "ReplayProducer"}
+ACTOR_ROLES = {"Coordinator", "Finder", "Writer", "FifoShard", "RemoteQ2Shard", "ReplayProducer"}
 
 
 def actor_rss() -> dict[str, float]:

@@ -139,7 +139,7 @@ class Pipeline:
         if not isinstance(config, Config):
             config = load_config(config, overrides)
         connect_ray(config)
-        from cxi_async.actors.drainer import Drainer
+        from cxi_async.actors.coordinator import Coordinator
 
         name = drainer_name(config)
         running = await _running_drainer(config)
@@ -155,7 +155,7 @@ class Pipeline:
         output_dir, run_label = output_location(config)
         output_dir.mkdir(parents=True, exist_ok=True)
         drainer = (
-            ray.remote(Drainer)
+            ray.remote(Coordinator)
             .options(
                 name=name,
                 namespace=config.ray.namespace,

@@ -27,7 +27,7 @@ def assert_books_balance(stats: dict) -> None:
         stats["events_written"]
         + stats["events_filtered"]
         + stats["events_rejected"]
-        + stats["events_duplicate"]
+        + stats["events_abandoned"]
         + stats["events_pending"]
     )
 

@@ -1,25 +1,29 @@
-"""Finder actor: one delivery in, one small BatchResult out to a writer.
+"""Finder actor: one Delivery in, one Found | Rejected | Unread back to the coordinator.
 
-Thin shell over `cxi_async.core.finding` (decode, find, select, map): a bounded asyncio inbox,
-CPU work in a worker thread so stats and stop are answered while it runs, and an await
-on the writer's inbox, which is where backpressure reaches the finders.
+Thin shell over `core.finding.BatchFinder` (decode, find, select, map). The coordinator keeps
+up to `finder_inbox + 1` calls in flight here: each resolves its item's refs on the event loop
+while another computes, and the CPU work runs one batch at a time in a worker thread (an
+anyio capacity limiter of 1), so fetching the next batch overlaps computing this one and
+stats are answered meanwhile. The finder never talks to a writer: it is free at once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import ray
 
 from cxi_async.actors.common import debug_init, is_actor_death, is_object_lost, setup_actor_logging
 from cxi_async.config import Config
+from cxi_async.core.errors import one_line
 from cxi_async.core.finding import BatchFinder, RefUnavailable
-from cxi_async.core.messages import EMPTY, SHARD_GONE, BatchResult, Delivery, writer_index
+from cxi_async.core.messages import Delivery, FinderResult, Rejected, Unread
 from cxi_async.core.upstream import ensure_producer_classes, unreadable_item_reason
 
 log = logging.getLogger(__name__)
@@ -28,18 +32,15 @@ log = logging.getLogger(__name__)
 class Finder:
     """Long-lived peak finder holding the geometry it loaded once in `__init__`."""
 
-    def __init__(self, config: Config, index: int, writers: list[Any]) -> None:
+    def __init__(self, config: Config, index: int) -> None:
         setup_actor_logging(config)
         self.producer_classes = ensure_producer_classes().source  # before any item is read
         debug_init(config, "finder")
         self.index = index
         self.config = config
-        self.writers = writers
         self.batch_finder = BatchFinder(config)
-        self.inbox: asyncio.Queue[tuple[Delivery, asyncio.Future]] = asyncio.Queue(
-            maxsize=config.processing.finder_inbox
-        )
-        self.worker: asyncio.Task | None = None
+        self.cpu: anyio.CapacityLimiter | None = None  # made on the actor's event loop
+        self.calls = 0  # find() calls in progress (the coordinator bounds them)
         self.processed = 0
         self.rejected = 0
         self.busy_seconds = 0.0
@@ -48,26 +49,20 @@ class Finder:
         self.unreadable_seen = False  # the first unreadable item names the fix
         _preload_torch()
 
-    async def process(self, delivery: Delivery) -> BatchResult:
-        """Find peaks of one delivery, hand the result to a writer, and return it.
-
-        Returns once the writer has accepted the result (or the batch was rejected). The
-        drainer keeps the returned result so it can re-send it if that writer dies.
-        """
-        if self.worker is None:
-            self.worker = asyncio.get_running_loop().create_task(self._work())
-        done: asyncio.Future = asyncio.get_running_loop().create_future()
-        await self.inbox.put((delivery, done))
-        return await done
-
-    def set_writers(self, writers: list[Any]) -> None:
-        """The drainer replaced a writer: send later results to the new one."""
-        self.writers = writers
+    async def find(self, delivery: Delivery) -> FinderResult:
+        """Read the delivery's item and find its peaks."""
+        if self.cpu is None:
+            self.cpu = anyio.CapacityLimiter(1)
+        self.calls += 1
+        try:
+            return await self._find(delivery)
+        finally:
+            self.calls -= 1
 
     async def stats(self) -> dict:
         return {
             "index": self.index,
-            "inbox": self.inbox.qsize(),
+            "inbox": self.calls,
             "processed": self.processed,
             "rejected": self.rejected,
             "producer_classes": self.producer_classes,  # "real" or "stand-in" (upstream.py)
@@ -78,58 +73,45 @@ class Finder:
     async def ping(self) -> int:
         return self.index
 
-    async def _work(self) -> None:
-        while True:
-            delivery, done = await self.inbox.get()
-            try:
-                result = await self._find(delivery)
-                if result.rejected is None:
-                    await self._hand_to_writer(result)
-                done.set_result(result)
-            except BaseException as exc:  # keep the worker alive; the drainer decides
-                if not done.done():
-                    done.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-
-    async def _find(self, delivery: Delivery) -> BatchResult:
+    async def _find(self, delivery: Delivery) -> FinderResult:
         t0 = time.perf_counter()
         try:
             item = await delivery.item[0]
         except Exception as exc:
             if is_actor_death(exc):  # the shard died before answering: nothing was taken
-                return _unread(delivery, SHARD_GONE)
-            self.rejected += 1
-            first, self.unreadable_seen = not self.unreadable_seen, True
-            reason = unreadable_item_reason(f"{type(exc).__name__}: {exc}", first)
-            log.error("delivery %d: %s", delivery.delivery_id, reason if first else exc)
-            return _unread(delivery, reason)
+                return Unread(delivery.delivery_id, "shard gone")
+            return self._unreadable(delivery, exc)
         if item is None:  # the shard was empty after all (restarted, or another consumer)
-            return _unread(delivery, EMPTY)
-        decode_seconds = time.perf_counter() - t0
-        self._warn_if_not_zero_copy(item, decode_seconds)
-        t1 = time.perf_counter()
+            return Unread(delivery.delivery_id, "empty")
+        self._warn_if_not_zero_copy(item, time.perf_counter() - t0)
         fetch = await _resolve_refs(item)
         if self.config.debug.find_delay_s:
-            await asyncio.sleep(self.config.debug.find_delay_s)
-        result = await asyncio.to_thread(self.batch_finder.run, item, delivery.delivery_id, fetch)
+            await anyio.sleep(self.config.debug.find_delay_s)
+        assert self.cpu is not None
+        result = await anyio.to_thread.run_sync(
+            self._timed_run, item, delivery.delivery_id, fetch, limiter=self.cpu
+        )
         del item, fetch
-        self.busy_seconds += time.perf_counter() - t1
-        result.decode_seconds = decode_seconds
         self.processed += 1
-        if result.rejected is not None:
+        if isinstance(result, Rejected):
             self.rejected += 1
         return result
 
-    async def _hand_to_writer(self, result: BatchResult) -> None:
-        """Await space in the writer's inbox; a dead writer leaves the result to the drainer."""
-        writer = self.writers[writer_index(result.delivery_id, len(self.writers))]
+    def _timed_run(self, item: Any, delivery_id: int, fetch: Callable[[Any], Any]) -> Any:
+        """The CPU work, timed inside the limiter: busy_fraction counts computing only."""
+        t0 = time.perf_counter()
         try:
-            await writer.submit.remote(result)
-        except Exception as exc:
-            if not is_actor_death(exc):
-                raise
-            result.handed_to_writer = False
+            return self.batch_finder.run(item, delivery_id, fetch)
+        finally:
+            self.busy_seconds += time.perf_counter() - t0
+
+    def _unreadable(self, delivery: Delivery, exc: BaseException) -> Rejected:
+        self.rejected += 1
+        first, self.unreadable_seen = not self.unreadable_seen, True
+        reason = unreadable_item_reason(f"{type(exc).__name__}: {exc}", first)
+        log.error("delivery %d: %s", delivery.delivery_id, reason if first else exc)
+        batch_id = f"<delivery {delivery.delivery_id} from shard {delivery.shard}>"
+        return Rejected(delivery.delivery_id, batch_id, 0, reason)
 
     def _warn_if_not_zero_copy(self, item: Any, seconds: float) -> None:
         """Ray's zero-copy tensors arrive as views of the object store buffer (`_base` set);
@@ -159,35 +141,31 @@ def _preload_torch() -> None:
         import torch  # noqa: F401
 
 
-def _unread(delivery: Delivery, reason: str) -> BatchResult:
-    return BatchResult(
-        delivery_id=delivery.delivery_id,
-        batch_id=f"<delivery {delivery.delivery_id} from shard {delivery.shard}>",
-        num_events=0,
-        kept=[],
-        filtered=0,
-        image=[],
-        num_panels=0,
-        rejected=reason,
-    )
-
-
 async def _resolve_refs(item: Any) -> Callable[[Any], Any]:
-    """Await the item's refs on the event loop (never a blocking ray.get in an async actor).
+    """Await the item's refs together on the event loop (never a blocking ray.get in an async
+    actor).
 
     Returns the `fetch` the core calls: a resolved value, or RefUnavailable when the object
     is gone (its owner exited); anything that is not an ObjectRef is passed through.
     """
+    refs = {
+        ref
+        for name in ("predictions_ref", "original_image_ref")
+        if isinstance(ref := getattr(item, name, None), ray.ObjectRef)
+    }
     resolved: dict[Any, Any] = {}
-    for name in ("predictions_ref", "original_image_ref"):
-        ref = getattr(item, name, None)
-        if isinstance(ref, ray.ObjectRef) and ref not in resolved:
-            try:
-                resolved[ref] = await ref
-            except Exception as exc:
-                if not (is_object_lost(exc) or is_actor_death(exc)):
-                    raise
-                resolved[ref] = RefUnavailable(_first_line(exc))
+
+    async def resolve(ref: Any) -> None:
+        try:
+            resolved[ref] = await ref
+        except Exception as exc:
+            if not (is_object_lost(exc) or is_actor_death(exc)):
+                raise
+            resolved[ref] = RefUnavailable(one_line(exc))
+
+    async with anyio.create_task_group() as group:
+        for ref in refs:
+            group.start_soon(resolve, ref)
 
     def fetch(ref: Any) -> Any:
         value = resolved.get(ref, ref) if isinstance(ref, ray.ObjectRef) else ref
@@ -196,8 +174,3 @@ async def _resolve_refs(item: Any) -> Callable[[Any], Any]:
         return value
 
     return fetch
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"

@@ -1,8 +1,12 @@
-"""Writer actor: results in, CXI files out, acks back to the drainer.
+"""Writer actor: Found results in, CXI files out, one FileDone back per renamed file.
 
-Thin shell over `assembly.FileAssembler` (what goes in which file) and `cxi.write_cxi_file`
-(how a file is written). Images are read from the object store zero-copy when a file is
-written and each panel is copied once, straight into the frame buffer HDF5 writes.
+Thin shell over `core.assembly.FileAssembler` (which events go in which file) and
+`core.cxi.write_cxi_file` (how a file is written). `submit` reads the batch's image (a
+zero-copy view, held until the file is written) and waits for room in a bounded anyio memory
+stream: that wait is the backpressure the coordinator feels. Files are written in worker
+threads, two at a time, and each panel is copied once, straight into the frame HDF5 writes.
+What the writer has and has not renamed is the coordinator's ledger's business: the writer
+keeps no books of deliveries.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import numpy as np
 import ray
 
@@ -23,7 +29,7 @@ from cxi_async.core import cxi
 from cxi_async.core.assembly import FileAssembler, FileBatch
 from cxi_async.core.finding import Layouts
 from cxi_async.core.geometry import SlabLayout, write_slab_geom
-from cxi_async.core.messages import Ack, BatchResult
+from cxi_async.core.messages import FileDone, Found
 from cxi_async.core.runstats import STATS_KEY, PeakStats
 from cxi_async.replay.lattice import REPLAY_CELL_FILE, UnitCell, write_cell_file
 
@@ -41,18 +47,17 @@ class Writer:
         self,
         config: Config,
         index: int,
-        drainer: Any,
+        coordinator: Any,
         layout: SlabLayout | None,
         output_dir: str,
         run_label: str,
     ) -> None:
         setup_actor_logging(config)
         debug_init(config, "writer")
-        self.replying = 0
         out = config.output
         self.config = config
         self.index = index
-        self.drainer = drainer
+        self.coordinator = coordinator
         self.layouts = Layouts(layout)
         self.geom_written: set[tuple[Path, int, int, int]] = set()
         self.output_dir = Path(output_dir)
@@ -64,22 +69,22 @@ class Writer:
             max_file_age_s=out.max_file_age_s,
             max_parked_deliveries=share,
         )
-        self.inbox: asyncio.Queue[BatchResult] = asyncio.Queue(
-            maxsize=config.processing.writer_inbox
-        )
         self.sequences: dict[Path, cxi.SequenceCounter] = {}  # per directory written into
         self._open_directory(self.output_dir)
         if out.run_from_metadata is not None:  # runs of earlier sessions, which may not return
             for directory in sorted(p for p in self.output_dir.iterdir() if p.is_dir()):
                 self._open_directory(directory)
+        self.inbox_send: Any = None  # the bounded memory stream, made on the event loop
+        self.inbox_receive: Any = None
+        self.main: asyncio.Task | None = None  # the one root task; its task group holds the rest
+        self.wake = anyio.Event()
+        self.writing = 0  # files being written now
+        self.replying = 0
         self.warned_no_run = False
         self.images_lost_warned = False
         self.events_without_image = 0
         self.flush_requested = False
         self.close_open = False  # set by close_open_file: the open file is due once
-        self.wake = asyncio.Event()
-        self.loop_task: asyncio.Task | None = None
-        self.write_tasks: set[asyncio.Task] = set()
         self.retry_after = 0.0
         self.files: list[dict] = []
         self.events_written = 0
@@ -119,83 +124,75 @@ class Writer:
 
     # ------------------------------------------------------------------ API
 
-    async def submit(self, result: BatchResult) -> None:
-        """Queue a finder's result; waiting here is the backpressure on finders.
+    async def submit(self, found: Found) -> str | None:
+        """Take a delivery's events to file; returns a reason when they are refused.
 
         The image is read now, not when its file is written: the producer that owns it may
         exit meanwhile (the end of an inference job), and a view held here stays readable.
+        Waiting for room in the inbox is the backpressure on the coordinator.
         """
-        self._ensure_loop()
-        if result.image and not result.images_missing:
+        self._ensure_started()
+        if found.image and not found.images_missing:
             try:
-                result.image = [await result.image[0]]
+                found.image = [await found.image[0]]
             except Exception as exc:
                 if not is_object_lost(exc) and not is_actor_death(exc):
                     raise
-                if await self._image_lost(result, exc):
-                    return
-        await self.inbox.put(result)
+                refusal = self._image_lost(found, exc)
+                if refusal is not None:
+                    return refusal
+        await self.inbox_send.send(found)
         if self.config.debug.reply_delay_s:  # drill: die between accepting and replying
             self.replying += 1
-            await asyncio.sleep(self.config.debug.reply_delay_s)
+            await anyio.sleep(self.config.debug.reply_delay_s)
             self.replying -= 1
+        return None
 
-    async def _image_lost(self, result: BatchResult, exc: BaseException) -> bool:
-        """Reject the delivery (True), or mark it to be written without images (False)."""
+    def _image_lost(self, found: Found, exc: BaseException) -> str | None:
+        """The refusal (processing.on_missing_image = "reject"), or None: written without."""
         reason = f"the detector image is gone from the object store ({type(exc).__name__})"
         if self.config.processing.on_missing_image == "reject":
-            log.error("batch %s: %s; its events are rejected", result.batch_id, reason)
-            ack = Ack(
-                result.delivery_id,
-                written=0,
-                filtered=result.filtered,
-                rejected=len(result.kept),
-                reason=reason,
-                num_events=result.num_events,
-            )
-            await self._send_acks([ack])
-            return True
+            log.error("batch %s: %s; its events are rejected", found.batch_id, reason)
+            return f"batch {found.batch_id}: {reason}"
         log.log(
             logging.DEBUG if self.images_lost_warned else logging.WARNING,
             "batch %s: %s; writing its peaks without images (said once per writer)",
-            result.batch_id,
+            found.batch_id,
             reason,
         )
         self.images_lost_warned = True
-        result.image, result.images_missing = [], True
-        return False
+        found.image, found.images_missing = [], True
+        return None
 
     async def flush(self) -> None:
         """Write everything held now (drain/stop), then return."""
-        self._ensure_loop()
+        self._ensure_started()
         self.flush_requested = True
-        self.wake.set()
-        while self.inbox.qsize() or self.assembler.pending_events or self._writing:
-            await asyncio.sleep(0.02)
+        self._wake()
+        while self._inbox_size() or self.assembler.pending_events or self.writing:
+            await anyio.sleep(0.02)
         self.flush_requested = False
-        self.drained = True  # the drainer is stopping: its final stats go into the report
+        self.drained = True  # the coordinator is stopping: its final stats go into the report
 
     async def close_open_file(self) -> None:
         """The stream paused: write the open file now instead of at max_file_age_s."""
-        self._ensure_loop()
+        self._ensure_started()
         self.close_open = True
-        self.wake.set()
+        self._wake()
 
     async def stats(self) -> dict:
         return {
             "index": self.index,
-            "inbox": self.inbox.qsize(),
+            "inbox": self._inbox_size(),
             "pending_events": self.assembler.pending_events,
-            "open_deliveries": len(self.assembler.deliveries),
+            "open_deliveries": self.assembler.parked_deliveries,
             "files": len(self.files),
             "events_written": self.events_written,
             "bytes_written": self.bytes_written,
             "write_seconds": self.write_seconds,
-            "duplicates": self.assembler.duplicates,
             "events_without_image": self.events_without_image,
             "write_failures": self.failures,
             "replying": self.replying,  # accepted results whose reply is held (drill)
-            "dedup_batches": len(self.assembler.seen),  # batch ids remembered (bounded)
             "failing": self.failing_since is not None,
             "node_id": ray.get_runtime_context().get_node_id(),  # placement (multi-node)
             STATS_KEY: None
@@ -211,94 +208,98 @@ class Writer:
 
     # ------------------------------------------------------------------ loop
 
-    @property
-    def _writing(self) -> bool:
-        return bool(self.write_tasks)
+    def _ensure_started(self) -> None:
+        if self.main is None:
+            self.inbox_send, self.inbox_receive = anyio.create_memory_object_stream[Found](
+                self.config.processing.writer_inbox
+            )
+            self.main = asyncio.get_running_loop().create_task(self._run())
+
+    def _inbox_size(self) -> int:
+        return (
+            0 if self.inbox_receive is None else self.inbox_receive.statistics().current_buffer_used
+        )
+
+    def _wake(self) -> None:
+        self.wake.set()
+
+    async def _run(self) -> None:
+        """Receive results and start writes, in one task group for the actor's life."""
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._receive)
+            while True:
+                flush = self.flush_requested or self.close_open
+                while self._may_start_write() and self.assembler.due(flush=flush):
+                    # Take the file here, not in the write task: a task that has not run yet
+                    # would leave its events in the open file for the next turn to take again.
+                    batch = self.assembler.take_file()
+                    if batch is None:
+                        break
+                    self.writing += 1
+                    group.start_soon(self._write_next, batch)
+                if self.close_open and not self.assembler.open_events:
+                    self.close_open = False  # the open file of the pause was taken
+                with anyio.move_on_after(self._timeout()):
+                    await self.wake.wait()
+                self.wake = anyio.Event()
+
+    async def _receive(self) -> None:
+        async for found in self.inbox_receive:
+            self.assembler.add(found)
+            self._wake()
 
     def _may_start_write(self) -> bool:
         """Two files at a time (one in HDF5 while the other fsyncs); one while failing."""
         limit = 1 if self.failing_since is not None else MAX_CONCURRENT_WRITES
-        return len(self.write_tasks) < limit and time.monotonic() >= self.retry_after
+        return self.writing < limit and time.monotonic() >= self.retry_after
 
-    def _ensure_loop(self) -> None:
-        if self.loop_task is None:
-            self.loop_task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        """Receive results while files are written in worker threads."""
-        getter: asyncio.Task | None = None
-        while True:
-            if getter is None:
-                getter = asyncio.ensure_future(self.inbox.get())
-            waker = asyncio.ensure_future(self.wake.wait())
-            done, _ = await asyncio.wait(
-                {getter, waker}, timeout=self._timeout(), return_when=asyncio.FIRST_COMPLETED
-            )
-            waker.cancel()
-            self.wake.clear()
-            if getter in done:
-                acks = self.assembler.add(getter.result())
-                getter = None
-                await self._send_acks(acks)
-            flush = self.flush_requested or self.close_open
-            while self._may_start_write() and self.assembler.due(flush=flush):
-                # Take the file now, not in the task: a task that has not run yet would leave
-                # the events in the open file, and the next turn would start a second task
-                # that takes the same file's remainder (files of 6 events instead of 16).
-                batch = self.assembler.take_file()
-                if batch is None:
-                    break
-                task = asyncio.ensure_future(self._write_next(batch))
-                self.write_tasks.add(task)
-                task.add_done_callback(self._write_done)
-            if self.close_open and not self.assembler.open_events:
-                self.close_open = False  # the open file of the pause was taken
-
-    def _timeout(self) -> float | None:
-        if self.write_tasks and not self._may_start_write():
-            return None  # _write_done wakes the loop
+    def _timeout(self) -> float:
+        if self.writing and not self._may_start_write():
+            return float("inf")  # the end of a write wakes the loop
         if self.assembler.retry or self.assembler.closed:
             return max(0.0, self.retry_after - time.monotonic())
-        return self.assembler.seconds_until_due()
-
-    def _write_done(self, task: asyncio.Task) -> None:
-        self.write_tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error(
-                "writer %d: unexpected error while writing a file",
-                self.index,
-                exc_info=task.exception(),
-            )
-        self.wake.set()
+        due = self.assembler.seconds_until_due()
+        return float("inf") if due is None else due
 
     async def _write_next(self, batch: FileBatch) -> None:
         """Write one file taken from the assembler; on failure keep its events and retry."""
-        images = {e.delivery_id: e.image[0] for e in batch.events if e.image}
+        try:
+            done = await self._write(batch)
+        finally:
+            self.writing -= 1
+            self._wake()
+        if done is not None:
+            await self.coordinator.file_done.remote(done)
+
+    async def _write(self, batch: FileBatch) -> FileDone | None:
+        images = {found.delivery_id: found.image[0] for found, _ in batch.events if found.image}
         if self.config.debug.write_delay_s:
-            await asyncio.sleep(self.config.debug.write_delay_s)
+            await anyio.sleep(self.config.debug.write_delay_s)
         self._remove_residue()
         t0 = time.perf_counter()
         try:  # every exit hands the taken file back: written, or failed and kept for a retry
             events = cxi.CxiEvents.pack(
-                [_record(e) for e in batch.events], self.config.peak_finding.max_num_peak
+                [event for _, event in batch.events], self.config.peak_finding.max_num_peak
             )
-            directory, label, sequence = self._location(batch.events[0].event.run)
+            directory, label, sequence = self._location(batch.events[0][1].run)
 
             def next_name() -> Path:
                 seq = self._next_sequence(sequence)
                 return directory / cxi.cxi_file_name(self.config.output.file_prefix, label, seq)
 
-            path = await asyncio.to_thread(
+            path = await anyio.to_thread.run_sync(
                 self._write_file, next_name(), batch, events, images, label, next_name
             )
         except Exception as exc:  # CxiWriteError, or a bug: either way the events stay
             self._write_failed(batch, exc)
-            return
-        self._write_succeeded(path, batch, time.perf_counter() - t0)
-        await self.drainer.file_written.remote(
-            str(path), [(e.delivery_id, e.event.event_index) for e in batch.events]
-        )
-        await self._send_acks(self.assembler.file_written(batch))
+            return None
+        seconds = time.perf_counter() - t0
+        try:  # the file is renamed: whatever happens now, FileDone goes out
+            size = self._write_succeeded(path, batch, seconds)
+        except Exception:
+            log.exception("writer %d: wrote %s but could not count it", self.index, path)
+            size = 0
+        return FileDone(self.index, str(path), batch.ids, size, seconds)
 
     def _write_file(
         self,
@@ -310,20 +311,20 @@ class Writer:
         next_name: Callable[[], Path],
     ) -> Path:
         """Write the file; a name another writer took is skipped (the path written returned)."""
-        first = batch.events[0]
+        first, _ = batch.events[0]
         layout = self.layouts.for_shape(first.num_panels, *first.panel_shape)
         self._write_slab_geom(path.parent, first.num_panels, first.panel_shape, layout)
-        no_image = sum(e.delivery_id not in images for e in batch.events)
+        no_image = sum(found.delivery_id not in images for found, _ in batch.events)
 
         def fill_frame(i: int, out: np.ndarray) -> None:
-            event = batch.events[i]
-            image = images.get(event.delivery_id)
+            found, event = batch.events[i]
+            image = images.get(found.delivery_id)
             if image is None:
                 out[...] = 0
                 return
-            c = event.num_panels
-            b = event.event.event_index
-            top, left = event.pad_offset
+            c = found.num_panels
+            b = event.event_index
+            top, left = found.pad_offset
             layout.assemble(image[b * c : (b + 1) * c, 0, top:, left:], out)
 
         return cxi.write_cxi_file(
@@ -337,9 +338,7 @@ class Writer:
                 **self.attrs,
                 "run": label,
                 "images_missing_events": np.int64(no_image),
-                "timestamps_missing": np.int64(
-                    sum(e.event.timestamp_missing for e in batch.events)
-                ),
+                "timestamps_missing": np.int64(sum(e.timestamp_missing for _, e in batch.events)),
             },
             filtered_events=batch.filtered,
             next_name=next_name,
@@ -428,7 +427,8 @@ class Writer:
             RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(batch.attempts - 1, 5)
         )
 
-    def _write_succeeded(self, path: Path, batch: FileBatch, seconds: float) -> None:
+    def _write_succeeded(self, path: Path, batch: FileBatch, seconds: float) -> int:
+        """Count a renamed file; returns its size."""
         if self.failing_since is not None:
             log.info(
                 "writing works again after %.1f s: wrote %s",
@@ -438,7 +438,7 @@ class Writer:
             self.failing_since = None
         size = path.stat().st_size
         self.files.append({"path": str(path), "events": len(batch.events), "bytes": size})
-        self.events_without_image += sum(not e.image for e in batch.events)
+        self.events_without_image += sum(not found.image for found, _ in batch.events)
         self.events_written += len(batch.events)
         self.bytes_written += size
         self._count_peaks(batch)
@@ -446,35 +446,15 @@ class Writer:
         log.debug(
             "wrote %s (%d events, %.1f MB, %.2f s)", path, len(batch.events), size / 1e6, seconds
         )
+        return size
 
     def _count_peaks(self, batch: FileBatch) -> None:
         """Hit-finding numbers for status.json and the report (runstats); never fails a write."""
         try:
             if self.peak_stats is None:
-                first = batch.events[0]
+                first, _ = batch.events[0]
                 layout = self.layouts.for_shape(first.num_panels, *first.panel_shape)
                 self.peak_stats = PeakStats.for_run(self.config.geometry.geom_file, layout)
-            self.peak_stats.add_events(e.event for e in batch.events)
+            self.peak_stats.add_events(event for _, event in batch.events)
         except Exception:
             log.exception("writer %d: could not count the peaks of a file", self.index)
-
-    async def _send_acks(self, acks: list[Ack]) -> None:
-        if acks:
-            await self.drainer.ack.remote(acks)
-
-
-def _record(event: Any) -> cxi.EventRecord:
-    e = event.event
-    return cxi.EventRecord(
-        fs=e.fs,
-        ss=e.ss,
-        total_intensity=e.total_intensity,
-        npix=e.npix,
-        max_value=e.max_value,
-        panel=e.panel,
-        photon_energy_ev=e.photon_energy_ev,
-        timestamp=e.timestamp,
-        batch_id=event.batch_id,
-        event_index=e.event_index,
-        datasets=e.datasets,
-    )

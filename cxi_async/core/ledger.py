@@ -54,6 +54,7 @@ class Ledger:
 
     credits: int
     clock: Callable[[], float] = time.monotonic
+    on_done: Callable[[float, bool], None] | None = None  # (latency, rejected) per done delivery
     entries: dict[int, Entry] = field(default_factory=dict)
     next_id: int = 0
     batches_taken: int = 0
@@ -118,7 +119,7 @@ class Ledger:
         self.events_rejected += num_events
         self.batches_rejected += 1
         self._count_rejection(reason, batch_id)
-        self._done(delivery_id)
+        self._done(delivery_id, rejected=True)
 
     def found(
         self,
@@ -278,11 +279,14 @@ class Ledger:
         self.rejections[reason_kind(reason)] += 1
         self.last_rejections.append({"batch_id": batch_id, "reason": reason})
 
-    def _done(self, delivery_id: int) -> None:
+    def _done(self, delivery_id: int, rejected: bool = False) -> None:
         entry = self.entries.pop(delivery_id)
         self.batches_done += 1
         self.last_done = self.clock()
-        self.latencies.append(self.last_done - entry.taken_at)
+        latency = self.last_done - entry.taken_at
+        self.latencies.append(latency)
+        if self.on_done is not None:
+            self.on_done(latency, rejected)
 
 
 def reason_kind(reason: str) -> str:

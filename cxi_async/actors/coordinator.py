@@ -1,0 +1,439 @@
+"""Coordinator actor: owns all routing and all recovery, and nothing else.
+
+    Q2 ──ref──▶ coordinator ──Delivery──▶ finder ──Found | Rejected | Unread──▶ coordinator
+                coordinator ──Found──▶ least-loaded writer ──FileDone──▶ coordinator
+
+It takes from Q2 while it holds credits (`Intake`), sends each item's ref to a free finder
+(`FinderSlots`), submits each `Found` to the writer holding the fewest unfiled events (the
+writer's bounded inbox is the backpressure), and records every fact in its `Ledger`, the
+only record of what is where. A dead finder's delivery is sent again; a dead writer's
+unfiled events, per the ledger, go to its replacement (`Crew`). Files are listed and stats
+published by the `Publisher`. Everything runs in one anyio task group for the actor's life.
+
+A detached named actor: it outlives the driver that started it, stops by its own rules
+(idle timeout, max batches, replay drained) and writes its report without one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+import anyio
+import msgspec
+import ray
+
+from cxi_async.actors.common import is_actor_death, setup_actor_logging
+from cxi_async.actors.crew import Crew
+from cxi_async.actors.finder_slots import FinderSlots
+from cxi_async.actors.intake import Intake
+from cxi_async.actors.publishing import Publisher, compose_stats
+from cxi_async.config import Config
+from cxi_async.core.errors import one_line
+from cxi_async.core.finding import load_slab_layout
+from cxi_async.core.idle import IdleWatch
+from cxi_async.core.ledger import Ledger, LedgerError
+from cxi_async.core.messages import Delivery, FileDone, FinderResult, Found, Notice, Rejected
+
+log = logging.getLogger(__name__)
+
+HEALTH_INTERVAL_S = 1.0
+MAX_ATTEMPTS = 3  # a batch that kills this many finders is rejected
+LINGER_S = 30.0  # a stopped coordinator exits this long after its stop
+
+
+class Coordinator:
+    """Named actor `cxi_async_coordinator:<queue>` in the pipeline's namespace."""
+
+    def __init__(self, config: Config, output_dir: str, run_label: str) -> None:
+        setup_actor_logging(config)
+        self.config = config
+        self.output_dir = output_dir
+        self.run_label = run_label
+        self.started_at = time.time()
+        self.started_mono = time.monotonic()
+        self.ledger = Ledger(config.processing.credits, on_done=self._on_done)
+        self.idle = IdleWatch(
+            config.stop.idle_timeout_s,
+            config.output.idle_flush_s,
+            config.stop.wait_for_first_batch_s,
+            self.started_mono,
+            config.queue.name,
+        )
+        self.publisher = Publisher(config, output_dir, run_label, self.started_mono)
+        self.intake: Intake | None = None
+        self.crew: Crew | None = None
+        self.slots: FinderSlots | None = None
+        self.group: Any = None  # the task group of the actor's life (made in start)
+        self.intake_scope: anyio.CancelScope | None = None
+        self.credit_freed: anyio.Event | None = None
+        self.finished: anyio.Event | None = None
+        self.stopping = False
+        self.shutting_down = False
+        self.stop_reason: str | None = None
+        self.final: dict | None = None
+        self.said: set[str] = set()  # kinds of notice already logged this run
+        self.producer: Any = None  # the replay producer, owned here: it outlives the driver
+        self.replay_report: Any = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> dict:
+        """Connect to Q2, start the writers and finders, and start draining."""
+        cfg = self.config
+        self.credit_freed, self.finished = anyio.Event(), anyio.Event()
+        layout = load_slab_layout(cfg)
+        await self.publisher.adopt_unlisted_files()
+        self.intake = await Intake.connect(cfg)
+        me = ray.get_runtime_context().current_actor
+        self.crew = Crew(cfg, me, layout, self.output_dir, self.run_label)
+        await self.crew.start()
+        self.slots = FinderSlots(len(self.crew.finders), cfg.processing.finder_inbox + 1)
+        _warn_if_credits_idle(cfg)
+        ready = anyio.Event()
+        asyncio.get_running_loop().create_task(self._live(ready))
+        await ready.wait()
+        log.info(
+            "draining %s (%d shards, namespace %s) with %d finders, %d writers, %d credits into %s",
+            cfg.queue.name,
+            len(self.intake.shards),
+            cfg.ray.namespace,
+            len(self.crew.finders),
+            len(self.crew.writers),
+            cfg.processing.credits,
+            self.output_dir,
+        )
+        return {"num_shards": len(self.intake.shards), "output_dir": self.output_dir}
+
+    async def _live(self, ready: anyio.Event) -> None:
+        """The actor's life: intake, health and every delivery in one task group; after the
+        stop, linger so followers can read the final stats, then free the name."""
+        async with anyio.create_task_group() as group:
+            self.group = group
+            group.start_soon(self._intake_loop)
+            group.start_soon(self._health_loop)
+            ready.set()
+            assert self.finished is not None
+            await self.finished.wait()
+            group.cancel_scope.cancel()
+        await anyio.sleep(LINGER_S)
+        log.info("exiting %.0f s after the stop", LINGER_S)
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
+    async def start_replay(self, num_shards: int) -> None:
+        """Start the replay producer here, not in the driver: it and the watch that stops the
+        run once Q2 is drained then live as long as this (detached) coordinator."""
+        from cxi_async.replay.producer import new_replay_producer
+
+        self.producer = new_replay_producer(self.config, num_shards)
+        self.group.start_soon(self._stop_after_replay, self.producer.run.remote())
+
+    async def _stop_after_replay(self, run: Any) -> None:
+        try:
+            self.replay_report = await run
+        except Exception as exc:
+            log.error("the replay producer failed: %s", one_line(exc, "last"))
+        await self.stop_when_empty("replay finished and Q2 drained")
+
+    async def stop_when_empty(self, reason: str) -> None:
+        """Drain and stop as soon as Q2 is empty and nothing is in flight (replay finished)."""
+        self.idle.stop_when_empty(reason, time.monotonic())
+
+    async def drain_and_stop(self, reason: str = "asked to drain") -> dict:
+        """Stop taking from Q2, finish everything in flight, flush files, stop the actors."""
+        if self._begin_stop(reason):
+            await self._drain()
+        return await self.wait_finished()
+
+    async def stop(self, reason: str = "asked to stop") -> dict:
+        """Stop at once: what is in flight is not written (counted as abandoned)."""
+        self._begin_stop(reason)
+        if not self.shutting_down:
+            if self.ledger.in_flight:
+                log.warning(
+                    "stopping with %d batches in flight: they are not written",
+                    self.ledger.in_flight,
+                )
+            self.ledger.abandon()
+            await self._shutdown()
+        return await self.wait_finished()
+
+    async def _drain(self) -> None:
+        log.info(
+            "draining: %s; finishing %d batches in flight", self.stop_reason, self.ledger.in_flight
+        )
+        while self.ledger.in_flight and not self.shutting_down:
+            writers = self.crew.writers if self.crew else []
+            await asyncio.gather(*(w.flush.remote() for w in writers), return_exceptions=True)
+            await anyio.sleep(0.05)
+        await self._shutdown()
+
+    def _begin_stop(self, reason: str) -> bool:
+        """Stop taking from Q2; True for the first call (the one that does the stopping)."""
+        if self.intake_scope is not None:
+            self.intake_scope.cancel()
+        if self.stopping:
+            return False
+        self.stopping, self.stop_reason = True, reason
+        return True
+
+    async def _shutdown(self) -> None:
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        stats = await self.stats()
+        stats["files_written"] = await self._written_files()
+        report = await self.publisher.report(stats)
+        if report is not None:
+            stats["report"] = report
+        self.final = stats
+        if self.crew is not None:
+            self.crew.kill()
+        if self.producer is not None:
+            ray.kill(self.producer)
+        log.info("stopped (%s)", self.stop_reason)
+        assert self.finished is not None
+        self.finished.set()
+
+    async def wait_finished(self) -> dict:
+        """The final stats once the pipeline has stopped by itself or was stopped."""
+        assert self.finished is not None
+        await self.finished.wait()
+        assert self.final is not None
+        return self.final
+
+    async def finished_stats(self) -> dict | None:
+        """The final stats once stopped, else None (a second driver attaches or replaces)."""
+        return self.final
+
+    async def replay_result(self) -> Any:
+        """What the replay producer's run() returned (None before it finished)."""
+        return self.replay_report
+
+    # ------------------------------------------------------------------ intake
+
+    async def _intake_loop(self) -> None:
+        assert self.intake is not None and self.credit_freed is not None
+        limit = self.config.stop.max_batches
+        with anyio.CancelScope() as self.intake_scope:
+            while not self.stopping:
+                while self.ledger.free_credits <= 0:
+                    await self.credit_freed.wait()
+                    self.credit_freed = anyio.Event()
+                shard = await self.intake.next_shard(self._empty_poll)
+                delivery_id = self.ledger.take(shard)  # no await from here to start_soon
+                self.idle.taken()
+                delivery = Delivery(delivery_id, [self.intake.get(shard)], shard)
+                self.group.start_soon(self._carry, delivery)
+                if limit is not None and self.ledger.batches_taken >= limit:
+                    self._stop_later(f"took stop.max_batches = {limit} batches")
+
+    def _empty_poll(self, polled_at: float) -> None:
+        taken = self.ledger.batches_taken
+        if self.publisher.no_data_due(taken):
+            self.group.start_soon(self.publisher.warn_no_data, taken)
+        answer = self.idle.empty_poll(
+            polled_at,
+            time.monotonic(),
+            self.ledger.in_flight,
+            taken,
+            self.ledger.all_at_writers,
+        )
+        if answer.close_open_files and self.crew is not None:
+            for writer in self.crew.writers:
+                writer.close_open_file.remote()
+        if answer.stop is not None:
+            self._stop_later(answer.stop)
+
+    def _stop_later(self, reason: str) -> None:
+        """A stop rule fired inside the actor: stop taking now, drain in the group."""
+        if self._begin_stop(reason):
+            self.group.start_soon(self._drain)
+
+    # ------------------------------------------------------------------ routing
+
+    async def _carry(self, delivery: Delivery) -> None:
+        """One delivery from its finder to its writer; never raises (the group would stop)."""
+        delivery_id = delivery.delivery_id
+        try:
+            result = await self._find(delivery)
+            del delivery  # the item's ref: the logits may leave the object store
+            self._say(getattr(result, "notices", []))
+            if isinstance(result, Found):
+                self.publisher.metrics.observe_find(result.find_seconds)
+                kept = [e.event_index for e in result.kept]
+                args = (result.num_events, result.filtered, result.truncated_peaks)
+                if not self.ledger.found(delivery_id, result, kept, *args):
+                    await self._file(delivery_id)
+            elif isinstance(result, Rejected):
+                self.ledger.rejected(delivery_id, result.num_events, result.reason, result.batch_id)
+            else:
+                self.ledger.unread(delivery_id)
+        except LedgerError:
+            if not self.stopping:  # after stop(): the delivery was abandoned meanwhile
+                raise
+        except Exception as exc:
+            log.exception("delivery %d: unexpected error", delivery_id)
+            self.ledger.rejected(delivery_id, 0, f"coordinator error: {one_line(exc)}", "")
+        self._credit_maybe_freed()
+
+    async def _find(self, delivery: Delivery) -> FinderResult:
+        """Send the delivery to free finders until one answers; a dead finder is replaced."""
+        assert self.slots is not None and self.crew is not None
+        delivery_id = delivery.delivery_id
+        while True:
+            attempts = self.ledger.dispatched(delivery_id)
+            index = await self.slots.acquire()
+            finder = self.crew.finders[index]
+            try:
+                return await finder.find.remote(delivery)
+            except Exception as exc:
+                if not is_actor_death(exc):
+                    reason = f"finder error: {one_line(exc, 'last')}"
+                    return Rejected(delivery_id, f"delivery {delivery_id}", 0, reason)
+                self.crew.replace_finder(index, finder)
+                if attempts >= MAX_ATTEMPTS:
+                    reason = f"the batch was being processed when {attempts} finders died"
+                    return Rejected(delivery_id, f"delivery {delivery_id}", 0, reason)
+                log.warning(
+                    "finder %d died holding delivery %d; sending it again", index, delivery_id
+                )
+            finally:
+                self.slots.release(index)
+
+    async def _file(self, delivery_id: int) -> None:
+        """Submit the delivery's unfiled events to the least-loaded writer. If that writer
+        dies, the health check hands them to its replacement (the ledger says what)."""
+        assert self.crew is not None
+        entry = self.ledger.entries.get(delivery_id)
+        if entry is None or entry.found is None:
+            return
+        found: Found = entry.found
+        if len(entry.unfiled) < len(found.kept):  # part of it is in a renamed file already
+            kept = [e for e in found.kept if e.event_index in entry.unfiled]
+            found = msgspec.structs.replace(found, kept=kept, filtered=0)
+        loads = self.ledger.writer_loads(len(self.crew.writers))
+        index = loads.index(min(loads))
+        self.ledger.submitted(delivery_id, index)
+        try:
+            refusal = await self.crew.writers[index].submit.remote(found)
+        except Exception as exc:
+            if is_actor_death(exc):
+                return
+            refusal = f"writer error: {one_line(exc, 'last')}"
+            log.error("delivery %d: %s", delivery_id, refusal)
+        if refusal is not None:
+            self.ledger.refused(delivery_id, refusal)
+            self._credit_maybe_freed()
+
+    async def file_done(self, done: FileDone) -> None:
+        """A writer renamed a file: its events are written; list the file."""
+        self.ledger.filed(done.events)
+        self._credit_maybe_freed()
+        await self.publisher.file_done(done)
+
+    def _on_done(self, latency: float, rejected: bool) -> None:
+        self.publisher.metrics.observe_latency(latency)
+        self.publisher.recent.add(rejected)
+
+    def _credit_maybe_freed(self) -> None:
+        if self.credit_freed is not None and self.ledger.free_credits > 0:
+            self.credit_freed.set()
+
+    def _say(self, notices: list[Notice]) -> None:
+        """Log each kind of metadata notice once per run (the finders send every one)."""
+        for kind, level, text in notices:
+            if kind not in self.said:
+                self.said.add(kind)
+                log.log(logging.INFO if level == "info" else logging.WARNING, "%s", text)
+
+    # ------------------------------------------------------------------ health
+
+    async def _health_loop(self) -> None:
+        """Every second: publish, watch Q2, replace dead actors and re-submit what they held."""
+        while True:
+            await anyio.sleep(HEALTH_INTERVAL_S)
+            try:
+                await self._check_health()
+            except Exception:  # e.g. no node can hold a replacement now: try again later
+                log.exception("health check failed; retrying in %.0f s", HEALTH_INTERVAL_S)
+
+    async def _check_health(self) -> None:
+        assert self.crew is not None and self.intake is not None
+        depth = await self.publisher.watch_q2_full(self.intake.shards)
+        if depth is not None:
+            self.intake.depth = depth
+        await self.publisher.publish(await self.stats())
+        dead_writers, dead_finders = await self.crew.dead()
+        for index, handle in dead_writers:
+            if self.crew.writers[index] is handle:
+                lost = self.ledger.writer_lost(index)  # before the new one can be given any
+                self.crew.replace_writer(index)
+                for delivery_id in lost:
+                    self.group.start_soon(self._file, delivery_id)
+        for index, handle in dead_finders:
+            if not (self.stopping and not self.ledger.in_flight):
+                self.crew.replace_finder(index, handle)
+
+    # ------------------------------------------------------------------ introspection
+
+    async def actors(self) -> dict:
+        """Handles of the current finders, writers and shards (status, fault drills)."""
+        crew, intake = self.crew, self.intake
+        return {
+            "finders": list(crew.finders) if crew else [],
+            "writers": list(crew.writers) if crew else [],
+            "shards": list(intake.shards) if intake else [],
+        }
+
+    async def pid(self) -> int:
+        return os.getpid()
+
+    async def stats(self) -> dict:
+        """Counts, queue depths and rates; the ledger's identities hold at every read."""
+        finders = await _gather_stats(self.crew.finders if self.crew else [])
+        writers = await _gather_stats(self.crew.writers if self.crew else [])
+        return compose_stats(self, finders, writers)
+
+    async def _written_files(self) -> list[dict]:
+        files: list[dict] = []
+        for w in self.crew.writers if self.crew else []:
+            try:
+                files.extend(await w.written_files.remote())
+            except Exception as exc:  # a dead writer's list is gone; its files are on disk
+                log.warning("could not list a writer's files: %s", type(exc).__name__)
+        return files
+
+
+def _warn_if_credits_idle(cfg: Config) -> None:
+    """Credits below finders × (inbox + 1) + writers × (batches a file needs) leave actors idle."""
+    p, o = cfg.processing, cfg.output
+    batch = cfg.replay.batch_size if cfg.replay.enabled else 1
+    per_file = -(-o.events_per_file // batch)
+    needed = p.num_finders * (p.finder_inbox + 1) + o.num_writers * per_file
+    if p.credits < needed:
+        log.warning(
+            "processing.credits = %d cannot keep every actor busy: %d finders x (finder_inbox "
+            "%d + 1) + %d writers x %d batches per file need %d; raise processing.credits",
+            p.credits,
+            p.num_finders,
+            p.finder_inbox,
+            o.num_writers,
+            per_file,
+            needed,
+        )
+
+
+async def _gather_stats(actors: list[Any]) -> list[dict]:
+    replies = await asyncio.gather(
+        *(asyncio.wait_for(_await(a.stats.remote()), 5.0) for a in actors),
+        return_exceptions=True,
+    )
+    return [r if isinstance(r, dict) else {"dead": True} for r in replies]
+
+
+async def _await(ref: Any) -> Any:
+    return await ref
