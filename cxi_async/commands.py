@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from cxi_async.config import Config, ConfigError, load_config
+from cxi_async.core.errors import one_line, sentence
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -143,7 +144,7 @@ def check(config: Config, config_path: str, pipeline_config: str | None = None) 
         try:
             layout = load_layout(config.geometry.geom_file)
         except GeometryError as exc:
-            _error(f"geometry.geom_file: {_sentence(exc)}")
+            _error(f"geometry.geom_file: {sentence(exc)}")
             return EXIT_CONFIG
         print(f"geometry: {layout.geom_file}: {_layout_text(layout)}")
         if r.enabled:
@@ -151,7 +152,7 @@ def check(config: Config, config_path: str, pipeline_config: str | None = None) 
                 layout.check(r.num_panels, *r.panel_shape)
                 print(f"✓ replay.num_panels and replay.panel_shape fit {layout.describe()}")
             except GeometryError as exc:
-                print(f"✗ replay: {_sentence(exc)}")
+                print(f"✗ replay: {sentence(exc)}")
                 ok = False
     elif r.enabled:
         stacked = SlabLayout.stacked(r.num_panels, *r.panel_shape)
@@ -243,7 +244,7 @@ def producer_classes_where_finders_run(
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise PipelineNotReachable(
                 f"could not connect to Ray at ray.address = {config.ray.address}: "
-                f"{_first_line(exc)}"
+                f"{one_line(exc).rstrip('.')}"
             ) from None
         connected_here = True
     try:
@@ -285,11 +286,6 @@ def _output_text(config: Config) -> str:
     return f"{resolved} ({state}{label})"
 
 
-def _sentence(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text if text.endswith(".") else text + "."
-
-
 # --------------------------------------------------------------------------- status / health
 
 
@@ -313,7 +309,9 @@ def _attached(config: Config) -> Iterator[None]:
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         if config.ray.address:
-            why = f"could not connect to Ray at ray.address = {address}: {_first_line(exc)}"
+            why = (
+                f"could not connect to Ray at ray.address = {address}: {one_line(exc).rstrip('.')}"
+            )
         else:
             why = (
                 "there is no Ray cluster on this host (ray.address is not set, so "
@@ -527,8 +525,3 @@ def _count(kind: str, indices: list[int]) -> str:
 
 def _do(indices: list[int]) -> str:
     return "does" if len(indices) == 1 else "do"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__).rstrip(".")

@@ -28,6 +28,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cxi_async.config import Config, load_config
+from cxi_async.core.errors import one_line, ray_cause
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,9 @@ def connect_ray(config: Config) -> None:
             ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = rc.address or "a local Ray"
-        raise PipelineError(f"could not connect to Ray at {where} (ray.address): {exc}") from exc
+        raise PipelineError(
+            f"could not connect to Ray at {where} (ray.address): {one_line(exc)}"
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -176,7 +179,7 @@ class Pipeline:
                 await drainer.start_replay.remote(started["num_shards"])
         except Exception as exc:
             ray.kill(drainer)
-            raise PipelineError(_cause(exc)) from exc
+            raise PipelineError(one_line(ray_cause(exc), "last")) from exc
         return pipeline
 
     async def stats(self) -> dict:
@@ -245,12 +248,3 @@ async def _running_drainer(config: Config) -> Any:
             break
         await asyncio.sleep(0.1)
     return None
-
-
-def _cause(exc: BaseException) -> str:
-    """The one sentence worth showing from a Ray task error: its cause's message."""
-    cause = exc
-    while getattr(cause, "cause", None) is not None and cause.cause is not cause:
-        cause = cause.cause
-    text = str(cause).strip().splitlines()
-    return text[-1] if text else type(cause).__name__

@@ -21,7 +21,6 @@ from cxi_async.core.catalog import (
     Catalog,
     CatalogError,
     FileEntry,
-    atomic_write,
     hit_rate,
     report_name,
 )
@@ -224,22 +223,6 @@ def test_a_failure_after_events_lst_resumes_at_files_lst(tmp_path: Path, monkeyp
     cat.flush()
     assert (tmp_path / EVENTS_LIST).read_text() == f"{a} //0\n{a} //1\n"  # not twice
     assert (tmp_path / FILES_LIST).read_text() == f"{a}\n"
-
-
-def test_failure_while_writing_leaves_old_content(tmp_path: Path) -> None:
-    target = tmp_path / "x.lst"
-    atomic_write(target, ["old\n"])
-
-    def chunks():
-        yield "new partial line"
-        raise RuntimeError("writer died")
-
-    with pytest.raises(RuntimeError):
-        atomic_write(target, chunks())
-    assert target.read_text() == "old\n"
-    assert _leftovers(tmp_path) == []
-    atomic_write(target, ["a\n", "b\n"], fsync=True)
-    assert target.read_text() == "a\nb\n"
 
 
 def test_min_interval_holds_lists_until_flush(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from cxi_async.replay.lattice import (
     cell_file_text,
     orientation_error_deg,
     random_rotation,
+    write_cell_file,
 )
 from cxi_async.replay.synthetic import HC_EV_ANGSTROM, SyntheticSpec, SyntheticSpecError, make_batch
 from tests.test_synthetic import check_truth_against_labelling
@@ -104,6 +105,14 @@ def test_quadrants_are_turned_like_the_real_detector() -> None:
     corner = detector.corner[k]
     np.testing.assert_allclose(xyz * 10000, corner + 0.5 * np.array([0, 1, 0]) - [0.5, 0, 0])
     assert xyz[2] == pytest.approx(0.1)
+
+
+def test_cell_file_is_replaced_whole(tmp_path: Path) -> None:
+    path = tmp_path / "replay.cell"
+    path.write_text("an older cell\n")
+    assert write_cell_file(path, UnitCell()) == path
+    assert path.read_text() == cell_file_text(UnitCell())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["replay.cell"]  # no temporary left
 
 
 def test_orientation_error_ignores_lattice_symmetry_only() -> None:

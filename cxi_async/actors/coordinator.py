@@ -135,7 +135,7 @@ class Coordinator:
         try:
             self.replay_report = await run
         except Exception as exc:
-            log.error("the replay producer failed: %s", one_line(exc, "last"))
+            log.error("the replay producer failed: %s", one_line(exc, "last", named=True))
         await self.stop_when_empty("replay finished and Q2 drained")
 
     async def stop_when_empty(self, reason: str) -> None:
@@ -277,7 +277,8 @@ class Coordinator:
                 raise
         except Exception as exc:
             log.exception("delivery %d: unexpected error", delivery_id)
-            self.ledger.rejected(delivery_id, 0, f"coordinator error: {one_line(exc)}", "")
+            reason = "coordinator error: " + one_line(exc, named=True)
+            self.ledger.rejected(delivery_id, 0, reason, "")
         self._credit_maybe_freed()
 
     async def _find(self, delivery: Delivery) -> FinderResult:
@@ -292,7 +293,7 @@ class Coordinator:
                 return await finder.find.remote(delivery)
             except Exception as exc:
                 if not is_actor_death(exc):
-                    reason = f"finder error: {one_line(exc, 'last')}"
+                    reason = "finder error: " + one_line(exc, "last", named=True)
                     return Rejected(delivery_id, f"delivery {delivery_id}", 0, reason)
                 self.crew.replace_finder(index, finder)
                 if attempts >= MAX_ATTEMPTS:
@@ -323,7 +324,7 @@ class Coordinator:
         except Exception as exc:
             if is_actor_death(exc):
                 return
-            refusal = f"writer error: {one_line(exc, 'last')}"
+            refusal = "writer error: " + one_line(exc, "last", named=True)
             log.error("delivery %d: %s", delivery_id, refusal)
         if refusal is not None:
             self.ledger.refused(delivery_id, refusal)

@@ -161,7 +161,7 @@ async def _resolve_refs(item: Any) -> Callable[[Any], Any]:
         except Exception as exc:
             if not (is_object_lost(exc) or is_actor_death(exc)):
                 raise
-            resolved[ref] = RefUnavailable(one_line(exc))
+            resolved[ref] = RefUnavailable(one_line(exc, named=True))
 
     async with anyio.create_task_group() as group:
         for ref in refs:

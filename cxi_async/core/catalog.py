@@ -34,7 +34,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -45,6 +44,7 @@ from typing import Any
 
 import cxi_async
 from cxi_async.core import runstats
+from cxi_async.core.files import atomic_write, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,6 @@ __all__ = [
     "Catalog",
     "CatalogError",
     "FileEntry",
-    "atomic_write",
     "event_lines",
     "hit_rate",
     "report_name",
@@ -107,52 +106,6 @@ def hit_rate(kept: int, filtered: int) -> float | None:
     return kept / judged if judged > 0 else None
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux allows (no thread race)."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp alone gives 0600
-
-
-def atomic_write(path: Path, chunks: Iterable[str], fsync: bool = False) -> None:
-    """Replace ``path`` with ``chunks`` through a temporary file in the same directory.
-
-    On any failure the temporary file is removed and ``path`` keeps its old content. The new
-    file gets the usual permissions (0666 less the umask), so other users can read the lists.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _FILE_MODE)
-        with open(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.writelines(chunks)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if fsync:
-        _fsync_dir(path.parent)
-
-
 def _digest(path: str) -> bytes:
     """16 bytes that stand for a listed path (what dedup keeps instead of the path)."""
     return hashlib.blake2b(path.encode(), digest_size=16).digest()
@@ -184,7 +137,7 @@ def _append(path: Path, data: bytes, fsync: bool) -> None:
     finally:
         os.close(fd)
     if fsync and created:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def _cut_torn_line(path: Path) -> None:

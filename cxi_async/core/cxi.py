@@ -33,6 +33,7 @@ import h5py
 import numpy as np
 
 import cxi_async
+from cxi_async.core.files import fsync_dir, fsync_file
 from cxi_async.core.messages import EventPeaks
 
 log = logging.getLogger(__name__)
@@ -364,15 +365,6 @@ def _check_attrs(attrs: Mapping[str, Any]) -> None:
             raise ValueError(f"CXI file attr {key!r} is None; HDF5 attributes need a value")
 
 
-def _fsync_path(path: Path, directory: bool = False) -> None:
-    flags = os.O_RDONLY | (os.O_DIRECTORY if directory else 0)
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _FramePool:
     """Page-aligned float32 frame buffers, reused across files.
 
@@ -497,7 +489,7 @@ def write_cxi_file(
         if offsets is not None and fill_frame is not None:
             _write_frames(tmp_path, offsets, (ss, fs), fill_frame)
         if fsync:
-            _fsync_path(tmp_path)
+            fsync_file(tmp_path)
         for _ in range(MAX_NAME_TRIES):
             try:
                 rename_noreplace(tmp_path, final_path)
@@ -511,7 +503,7 @@ def write_cxi_file(
             raise FileExistsError(errno.EEXIST, f"{MAX_NAME_TRIES} names in a row were taken")
         renamed = True
         if fsync:
-            _fsync_path(final_path.parent, directory=True)
+            fsync_dir(final_path.parent)
     except BaseException as exc:
         # The rename may have happened; a .cxi whose durability failed is withdrawn too,
         # because the caller will write these events again.

@@ -132,27 +132,29 @@ class LabDetector:
         # |q| = 2 sin(theta) / lambda, and 2 sin(theta) = sqrt(2 (1 - cos 2theta)).
         return np.sqrt(np.maximum(2.0 * (1.0 - cos2theta), 0.0)) / np.asarray(wavelength_a)
 
-    def max_inverse_d(self, wavelength_a: float) -> float:
-        """The highest 1/d any panel corner reaches: bounds the reflections worth predicting."""
+    def _panel_corners(self) -> np.ndarray:
+        """(4 x num_panels, 3): every panel's four corners in the lab, in the units of ``corner``.
+
+        One list for what the panels bound: the highest resolution they see and the extent
+        of a plot (in x, y, pixels).
+        """
         corners = []
         for p in range(self.num_panels):
             w = self.max_fs[p] - self.min_fs[p] + 1
             h = self.max_ss[p] - self.min_ss[p] + 1
             for u, v in ((0, 0), (w, 0), (0, h), (w, h)):
                 corners.append(self.corner[p] + u * self.fs_vec[p] + v * self.ss_vec[p])
-        xyz = np.array(corners)
+        return np.array(corners, dtype=np.float64)
+
+    def max_inverse_d(self, wavelength_a: float) -> float:
+        """The highest 1/d any panel corner reaches: bounds the reflections worth predicting."""
+        xyz = self._panel_corners()
         cos2theta = xyz[:, 2] / np.linalg.norm(xyz, axis=1)
         return float(np.sqrt(2.0 * (1.0 - cos2theta.min())) / wavelength_a)
 
     def lab_extent_px(self) -> tuple[float, float, float, float]:
         """(x_min, x_max, y_min, y_max) of all panels in the lab plane, in pixels (x, y)."""
-        pts = []
-        for p in range(self.num_panels):
-            w = self.max_fs[p] - self.min_fs[p] + 1
-            h = self.max_ss[p] - self.min_ss[p] + 1
-            for u, v in ((0, 0), (w, 0), (0, h), (w, h)):
-                pts.append(self.corner[p, :2] + u * self.fs_vec[p, :2] + v * self.ss_vec[p, :2])
-        pts = np.array(pts)
+        pts = self._panel_corners()[:, :2]
         return (
             float(pts[:, 0].min()),
             float(pts[:, 0].max()),

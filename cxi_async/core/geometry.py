@@ -28,14 +28,12 @@ psana. CrystFEL adds half a pixel when it reads a ``cxi`` peak list.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import itertools
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -44,6 +42,8 @@ from typing import Any
 
 import numpy as np
 from cfelpyutils.geometry import load_crystfel_geometry
+
+from cxi_async.core.files import atomic_write
 
 __all__ = [
     "GEOM_CONSTANT_KEYS",
@@ -625,7 +625,7 @@ def write_slab_geom(
     written = _layout_from_text(text)
     if not written.same_slab(layout):
         raise GeometryError(f"the slab geometry for {path} would not read back as its layout")
-    return _write_atomic(Path(path), text)
+    return atomic_write(path, text, fsync=True)
 
 
 def _geom_value(value: Any) -> str:
@@ -703,20 +703,3 @@ def _placeholder_geom(layout: SlabLayout, clen: float = 0.1, res: float = 10000.
             f"{name}/corner_y = {y0 + (c // ncols) * (h + gap)}",
         ]
     return "\n".join(lines) + "\n"
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    """Write to a temporary file in the same directory, then rename: readers never see half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path

@@ -23,6 +23,8 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
+from cxi_async.core.errors import one_line
+
 log = logging.getLogger(__name__)
 
 PACKAGE = "peaknet_pipeline_ray"
@@ -111,7 +113,7 @@ def ensure_producer_classes() -> ProducerClasses:
         _state = ProducerClasses(REAL, f"{PACKAGE} from {where}")
     except Exception as exc:  # anything the real package raises on import
         _register_stand_ins()
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        reason = one_line(exc, named=True)
         _state = ProducerClasses(STAND_IN, f"{PACKAGE} does not import here: {reason}")
         log.info("reading Q2 items with %s", _state.line())
     return _state

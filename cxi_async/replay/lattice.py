@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from cxi_async.core.detector import LabDetector
+from cxi_async.core.files import atomic_write
 
 __all__ = [
     "REPLAY_CELL_FILE",
@@ -137,11 +138,7 @@ def cell_file_text(cell: UnitCell) -> str:
 
 def write_cell_file(path: str | os.PathLike, cell: UnitCell) -> Path:
     """Write the cell file atomically (a reader never sees half of it); returns the path."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(cell_file_text(cell), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, cell_file_text(cell))
 
 
 # -------------------------------------------------------------------------------- orientation
