@@ -26,6 +26,7 @@ from msgspec import Meta
 from msgspec import inspect as mi
 
 __all__ = [
+    "AutoscaleConfig",
     "Config",
     "ConfigError",
     "DebugConfig",
@@ -101,7 +102,11 @@ class QueueConfig(_Section):
 class ProcessingConfig(_Section):
     """Finder pool and backpressure."""
 
-    num_finders: Count = 2  # long-lived peak-finder actors
+    num_finders: Count = 2  # long-lived peak-finder actors (an adaptive pool's starting size)
+    # An adaptive pool (both set; num_finders within them) grows and shrinks between these,
+    # as [autoscale] decides; neither set: num_finders, fixed.
+    min_finders: Count | None = None
+    max_finders: Count | None = None
     credits: Count = 8  # most batches taken from Q2 and not yet acknowledged by a writer
     finder_inbox: Count = 2  # bounded asyncio inbox of each finder (batches)
     writer_inbox: Count = 8  # bounded asyncio inbox of each writer (batches)
@@ -110,6 +115,21 @@ class ProcessingConfig(_Section):
     # An image that is gone (its producer exited): write the peaks without it, flagged, or
     # reject the batch. CrystFEL indexes from the peak lists, so the default loses no hit.
     on_missing_image: Literal["reject", "write_without_image"] = "write_without_image"
+
+
+class AutoscaleConfig(_Section):
+    """Advanced: when the adaptive pool (processing.min_finders/max_finders) grows and shrinks.
+
+    The defaults suit the coordinator's 1-s health ticks; core/autoscale.py says why each is.
+    """
+
+    grow_busy: Fraction = 0.85  # grow only while the finders are at least this busy ...
+    grow_depth: Count = 2  # ... and Q2 rises, or holds at least this many batches, not falling
+    grow_after_s: NonNegSeconds = 3.0  # ... for this long
+    grow_factor: Annotated[float, Meta(ge=1)] = 1.5  # grow to max(n + 1, ceil(n x this))
+    shrink_busy: Fraction = 0.6  # shrink by one while one finder fewer would be at most this busy
+    shrink_after_s: NonNegSeconds = 30.0  # ... and Q2 has been empty this long
+    cooldown_s: NonNegSeconds = 10.0  # no two changes closer than this (a finder's start-up)
 
 
 class PlacementConfig(_Section):
@@ -200,6 +220,9 @@ class ReplayConfig(_Section):
     peaks_per_event: NonNegInt = 100  # peaks drawn in a hit event
     hit_fraction: Fraction = 0.8  # fraction of events with enough peaks to be kept
     producer_rate_hz: Positive | None = None  # events/s put; None: as fast as Q2 takes them
+    # A stepped load: [[seconds, events/s], ...], the rate from that many seconds after the
+    # producer's start (increasing times; before the first: producer_rate_hz).
+    rate_steps: tuple[tuple[NonNegSeconds, Positive], ...] = ()
     unique_batches: Count | None = None  # generate this many, then replay them with new ids
     events_per_run: NonNegInt = 0  # > 0: metadata["run"] numbers runs of this many events
     # The metadata and batch ids of one real source: "packed" (integer timestamps, Angstrom),
@@ -247,6 +270,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     ray: RayConfig = msgspec.field(default_factory=RayConfig)
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
     processing: ProcessingConfig = msgspec.field(default_factory=ProcessingConfig)
+    autoscale: AutoscaleConfig = msgspec.field(default_factory=AutoscaleConfig)
     placement: PlacementConfig = msgspec.field(default_factory=PlacementConfig)
     peak_finding: PeakFindingConfig = msgspec.field(default_factory=PeakFindingConfig)
     geometry: GeometryConfig = msgspec.field(default_factory=GeometryConfig)
@@ -304,7 +328,11 @@ def _describe(t: mi.Type) -> str:
             return _fmt(t.values[0])
         return "one of " + ", ".join(_fmt(v) for v in t.values)
     if isinstance(t, mi.TupleType):
+        if len({repr(x) for x in t.item_types}) > 1:
+            return "a list [" + ", ".join(_describe(x) for x in t.item_types) + "]"
         return f"a list of {len(t.item_types)} values, each {_describe(t.item_types[0])}"
+    if isinstance(t, mi.VarTupleType):
+        return f"a list whose items are each {_describe(t.item_type)}"
     if isinstance(t, mi.DictType):
         return f"a table {{name = value, ...}} whose values are each {_describe(t.value_type)}"
     if isinstance(t, mi.UnionType):
@@ -545,6 +573,8 @@ def _check_consistency(cfg: Config) -> None:
                 key="replay.padded_shape",
             )
     _check_replay_layout(cfg)
+    _check_rate_steps(cfg)
+    _check_pool(cfg)
     _check_metadata(cfg)
     _check_placement(cfg)
 
@@ -573,6 +603,62 @@ def _check_replay_layout(cfg: Config) -> None:
             f"{_fmt(r.padded_shape)}, but queue.unpadded_shape = {_fmt(q.unpadded_shape)}: "
             "they must agree.",
             key="queue.unpadded_shape",
+        )
+
+
+def _check_rate_steps(cfg: Config) -> None:
+    steps = cfg.replay.rate_steps
+    for k in range(1, len(steps)):
+        if steps[k][0] <= steps[k - 1][0]:
+            raise ConfigError(
+                f"replay.rate_steps = {_fmt(steps)}: step {k + 1} at {steps[k][0]:g} s does not "
+                f"come after step {k} at {steps[k - 1][0]:g} s; list the steps in increasing time.",
+                key="replay.rate_steps",
+            )
+
+
+def _check_pool(cfg: Config) -> None:
+    """An adaptive pool has both bounds, in order, around num_finders; hysteresis holds."""
+    p, a = cfg.processing, cfg.autoscale
+    low, high = p.min_finders, p.max_finders
+    if (low is None) != (high is None):
+        given, missing = (
+            ("min_finders", "max_finders") if high is None else ("max_finders", "min_finders")
+        )
+        raise ConfigError(
+            f"processing.{given} = {_fmt(low if high is None else high)} is set without "
+            f"processing.{missing}: set both for an adaptive pool (it starts at num_finders), "
+            "or neither for a fixed one.",
+            key=f"processing.{given}",
+        )
+    if low is not None and high is not None:
+        if low > high:
+            raise ConfigError(
+                f"processing.min_finders = {low} is greater than processing.max_finders = "
+                f"{high}: the pool could have no size.",
+                key="processing.min_finders",
+            )
+        if not low <= p.num_finders <= high:
+            raise ConfigError(
+                f"processing.num_finders = {p.num_finders} is outside processing.min_finders = "
+                f"{low} .. processing.max_finders = {high}: the adaptive pool starts at "
+                "num_finders, so set it between them.",
+                key="processing.num_finders",
+            )
+    if a.shrink_busy >= a.grow_busy:
+        raise ConfigError(
+            f"autoscale.shrink_busy = {_fmt(a.shrink_busy)} is not below autoscale.grow_busy = "
+            f"{_fmt(a.grow_busy)}: the pool would grow and shrink at the same load; keep "
+            "shrink_busy < grow_busy.",
+            key="autoscale.shrink_busy",
+        )
+    if a.shrink_busy * a.grow_factor > 1 + 1e-9:
+        raise ConfigError(
+            f"autoscale.shrink_busy = {_fmt(a.shrink_busy)} with autoscale.grow_factor = "
+            f"{_fmt(a.grow_factor)} could shrink the pool right after it grew "
+            f"(shrink_busy x grow_factor = {a.shrink_busy * a.grow_factor:g} must be <= 1): "
+            "lower either.",
+            key="autoscale.shrink_busy",
         )
 
 

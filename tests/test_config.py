@@ -479,3 +479,125 @@ def test_metadata_datasets_and_constants_are_checked():
 def test_assembled_replay_needs_one_panel():
     err = error(overrides=["replay.enabled=true", "replay.layout=assembled"])
     assert err.key == "replay.num_panels" and "replay.num_panels = 1" in str(err)
+
+
+# ------------------------------------------------------------------ adaptive finder pool
+
+
+def test_pool_is_fixed_by_default():
+    p = load_config().processing
+    assert (p.min_finders, p.max_finders) == (None, None)
+    assert load_config(REPO / "config.toml").processing.min_finders is None
+
+
+def test_adaptive_pool_bounds():
+    cfg = load_config(overrides=["processing.min_finders=1", "processing.max_finders=8"])
+    assert (cfg.processing.min_finders, cfg.processing.num_finders) == (1, 2)
+    assert cfg.processing.max_finders == 8
+    assert cfg.autoscale.grow_busy == 0.85 and cfg.autoscale.cooldown_s == 10.0
+
+
+def test_adaptive_pool_needs_both_bounds():
+    err = error(overrides=["processing.max_finders=8"])
+    assert err.key == "processing.max_finders"
+    assert str(err) == (
+        "processing.max_finders = 8 is set without processing.min_finders: set both for an "
+        "adaptive pool (it starts at num_finders), or neither for a fixed one."
+    )
+    err = error(overrides=["processing.min_finders=1"])
+    assert err.key == "processing.min_finders" and "without processing.max_finders" in str(err)
+
+
+def test_adaptive_pool_bounds_in_order():
+    err = error(overrides=["processing.min_finders=3", "processing.max_finders=2"])
+    assert err.key == "processing.min_finders"
+    assert str(err) == (
+        "processing.min_finders = 3 is greater than processing.max_finders = 2: the pool "
+        "could have no size."
+    )
+
+
+def test_adaptive_pool_starts_within_bounds():
+    err = error(overrides=["processing.min_finders=4", "processing.max_finders=8"])
+    assert err.key == "processing.num_finders"
+    assert str(err) == (
+        "processing.num_finders = 2 is outside processing.min_finders = 4 .. "
+        "processing.max_finders = 8: the adaptive pool starts at num_finders, so set it "
+        "between them."
+    )
+    ok = ["processing.min_finders=4", "processing.max_finders=8", "processing.num_finders=4"]
+    assert load_config(overrides=ok).processing.num_finders == 4
+
+
+def test_adaptive_pool_bound_must_be_a_count():
+    err = error(overrides=["processing.max_finders=0"])
+    assert str(err) == (
+        "processing.max_finders = 0 is invalid: expected an integer >= 1, or none (unset) "
+        "(from --set processing.max_finders=0)."
+    )
+
+
+def test_autoscale_hysteresis():
+    err = error(overrides=["autoscale.shrink_busy=0.9"])
+    assert err.key == "autoscale.shrink_busy"
+    assert str(err) == (
+        "autoscale.shrink_busy = 0.9 is not below autoscale.grow_busy = 0.85: the pool would "
+        "grow and shrink at the same load; keep shrink_busy < grow_busy."
+    )
+    err = error(overrides=["autoscale.grow_factor=2"])
+    assert err.key == "autoscale.shrink_busy"
+    assert "shrink_busy x grow_factor = 1.2 must be <= 1" in str(err)
+    assert load_config(overrides=["autoscale.grow_factor=2", "autoscale.shrink_busy=0.5"])
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("autoscale.grow_busy=1.5", "autoscale.grow_busy"),
+        ("autoscale.grow_depth=0", "autoscale.grow_depth"),
+        ("autoscale.grow_factor=0.5", "autoscale.grow_factor"),
+        ("autoscale.cooldown_s=-1", "autoscale.cooldown_s"),
+    ],
+)
+def test_autoscale_ranges(override, key):
+    err = error(overrides=[override])
+    assert err.key == key and str(err).startswith(f"{key} = ")
+
+
+# ------------------------------------------------------------------ stepped replay load
+
+
+def test_rate_steps():
+    assert load_config().replay.rate_steps == ()
+    cfg = load_config(overrides=["replay.rate_steps=[[0, 50], [30, 400.5]]"])
+    assert cfg.replay.rate_steps == ((0.0, 50.0), (30.0, 400.5))
+
+
+def test_rate_steps_must_increase():
+    err = error(overrides=["replay.rate_steps=[[30, 50], [10, 400]]"])
+    assert err.key == "replay.rate_steps"
+    assert str(err) == (
+        "replay.rate_steps = [[30.0, 50.0], [10.0, 400.0]]: step 2 at 10 s does not come after "
+        "step 1 at 30 s; list the steps in increasing time."
+    )
+
+
+def test_rate_steps_shape_and_range():
+    err = error(overrides=["replay.rate_steps=[[5, 0]]"])
+    assert err.key == "replay.rate_steps"
+    assert str(err) == (
+        "replay.rate_steps = [[5, 0]] is invalid: expected a list whose items are each a list "
+        "[a number >= 0, a number > 0] (from --set replay.rate_steps=[[5, 0]])."
+    )
+
+
+def test_round_trip_pool_and_steps(tmp_path):
+    cfg = load_config(
+        overrides=[
+            "processing.min_finders=1",
+            "processing.max_finders=6",
+            "autoscale.grow_factor=1.25",
+            "replay.rate_steps=[[0, 10], [2.5, 40]]",
+        ]
+    )
+    assert load_config(write(tmp_path, dump_toml(cfg))) == cfg

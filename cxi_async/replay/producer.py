@@ -20,6 +20,7 @@ import ray
 from cxi_async.actors.common import setup_actor_logging
 from cxi_async.actors.q2_shard import ZERO_COPY_ENV, connect_shards
 from cxi_async.config import Config
+from cxi_async.replay.pacing import Pacer
 from cxi_async.replay.synthetic import SyntheticBatch, SyntheticSpec, make_batch
 
 log = logging.getLogger(__name__)
@@ -79,13 +80,11 @@ class ReplayProducer:
             zero_copy=rp.zero_copy,
         )
         turn = 0
-        period = rp.batch_size / rp.producer_rate_hz if rp.producer_rate_hz else 0.0
-        next_time = time.monotonic()
+        pacer = Pacer(rp.batch_size, rp.producer_rate_hz, rp.rate_steps, time.monotonic())
         for index in range(rp.num_batches):
             item = await self._item(index)
-            if period:
-                await asyncio.sleep(max(0.0, next_time - time.monotonic()))
-                next_time += period
+            if pacer.paced:
+                await asyncio.sleep(max(0.0, pacer.due(time.monotonic()) - time.monotonic()))
             t0 = time.perf_counter()
             turn = await self._put(shards, item, turn)
             del item
