@@ -4,7 +4,7 @@
         [--fsync] [--dir DIR] [--json]
 
 Lists ``--files`` finished files through the ``Catalog`` API, one ``add_file`` per file with
-``min_interval_s = 0`` (every file appended at once: the worst case), as the drainer does. The
+``min_interval_s = 0`` (every file appended at once: the worst case), as the coordinator does. The
 files are empty placeholders named as the writers name them (the catalog only checks that they
 exist), created before the clock runs. With ``--runs N`` the files are spread over N run
 sub-directories (``output.run_from_metadata``), so each run's own lists are appended too.

@@ -14,12 +14,12 @@ A repeat, in the default ``--order producer-first``:
   1. the replay producer (replay.producer; ``replay.unique_batches`` batches generated once
      and replayed under new ids) puts every batch into a Q2 large enough to hold them all, so
      it never has to retry; the bench waits until Q2 holds ``--prefill`` batches (default all);
-  2. ``Pipeline.start(config)`` creates the drainer, finders and writers and starts draining;
-  3. THE TIMED WINDOW runs from ``Pipeline.start()`` returning (the drainer is taking) to
+  2. ``Pipeline.start(config)`` creates the coordinator, finders and writers and starts draining;
+  3. THE TIMED WINDOW runs from ``Pipeline.start()`` returning (the coordinator is taking) to
      ``Pipeline.wait()`` returning (every event is in a renamed file or was filtered, every
      batch acked, the actors stopped). events = written + filtered.
 ``--order pipeline-first`` is the stock path instead (``Pipeline.start`` with replay enabled,
-drainer first): the producer generates and puts inside the window.
+coordinator first): the producer generates and puts inside the window.
 
 Memory is sampled every ``--sample-interval`` s over the process tree of this Ray instance
 (this driver, gcs_server, raylet and every worker it forks; psutil):
@@ -515,7 +515,7 @@ async def run_repeat(args: argparse.Namespace, repeat: int, sampler: Sampler, fs
 
             async def stop_after_replay() -> None:
                 await run_ref
-                await pipeline.drainer.stop_when_empty.remote("replay finished and Q2 drained")
+                await pipeline.coordinator.stop_when_empty.remote("replay finished and Q2 drained")
 
             watcher = asyncio.ensure_future(stop_after_replay())
             final = await pipeline.wait()
@@ -663,7 +663,7 @@ def print_report(report: dict) -> None:
         f"Q2 prefilled with {reps[0].get('prefilled_batches', 0)} batches"
     )
     print(
-        "timed window: Pipeline.start() returned (the drainer is taking) -> Pipeline.wait() "
+        "timed window: Pipeline.start() returned (the coordinator is taking) -> Pipeline.wait() "
         "returned (every event in a renamed file or filtered, every batch acked); "
         "events = written + filtered"
     )

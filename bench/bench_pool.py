@@ -6,7 +6,7 @@
 
 NOT VALIDATED YET. It needs the coordinator to drive the pool with core/autoscale.PoolPolicy
 (issue 13). Until then the "auto" run is a fixed pool of ``min_finders`` (the config keys are
-accepted and ignored by the drainer), and the script says so when it sees the pool never change.
+accepted and ignored by the coordinator), and the script says so when it sees the pool never change.
 
 Each run (one per fixed size, then auto) starts ``Pipeline.start(config, overrides)`` with the
 replay producer enabled and ``replay.rate_steps`` = ``--steps`` (``seconds:events/s``, the

@@ -8,9 +8,9 @@ Runs the real pipeline (``Pipeline.start``) on the replay producer in a local Ra
 (``num_cpus=2``), with a reduced detector shape and ``replay.unique_batches = 4`` (four
 batches generated, replayed under new ids) so that the run fits on the disk. Every
 ``--interval`` seconds it samples the RSS of every Ray actor process (by process title:
-Coordinator, Finder, Writer, the Q2 shard, ReplayProducer), the drainer's latency p50/p99 (over its
-last 20,000 batches) and events written, and each writer's dedup window (batch ids
-remembered). At the end it checks that ``files.lst`` names exactly the ``.cxi`` files on disk
+Coordinator, Finder, Writer, the Q2 shard, ReplayProducer), the latency p50/p99 (over its
+last 20,000 batches), events written, and the ledger (batches in flight, bounded by the
+credits). At the end it checks that ``files.lst`` names exactly the ``.cxi`` files on disk
 and ``events.lst`` exactly their frames (``//0`` .. ``//n-1`` of each, from nPeaks), writes
 the samples as JSON and draws them (``--plot``). Not a CI test: it takes minutes.
 """
@@ -120,7 +120,7 @@ async def soak(args: argparse.Namespace, out: Path) -> dict:
                     "events_seen": stats["events_seen"],
                     "latency_p50_s": stats["latency_p50_s"],
                     "latency_p99_s": stats["latency_p99_s"],
-                    "dedup_batches": [w.get("dedup_batches") for w in stats["writers"]],
+                    "batches_in_flight": stats["batches_in_flight"],
                     "rss_mb": actor_rss(),
                 }
             )
@@ -143,7 +143,7 @@ async def soak(args: argparse.Namespace, out: Path) -> dict:
                 "events_written",
                 "events_filtered",
                 "events_rejected",
-                "events_duplicate",
+                "events_doubled",
                 "files",
                 "latency_p50_s",
                 "latency_p99_s",
@@ -157,7 +157,7 @@ async def soak(args: argparse.Namespace, out: Path) -> dict:
 
 def summarize(report: dict) -> dict:
     """Over the second half of the run (after the actors' warm-up): RSS of each actor and the
-    latency in its first vs last quarter of samples; and the largest dedup window."""
+    latency in its first vs last quarter of samples; and the largest ledger (batches in flight)."""
     samples = [s for s in report["samples"] if s["rss_mb"]]
     samples = samples[len(samples) // 2 :]
     n = len(samples)
@@ -183,9 +183,8 @@ def summarize(report: dict) -> dict:
         "rss_growth_mb": {k: b[k] - a[k] for k in a if k in b},
         "latency_p50_first_last_s": [mean(first, "latency_p50_s"), mean(last, "latency_p50_s")],
         "latency_p99_first_last_s": [mean(first, "latency_p99_s"), mean(last, "latency_p99_s")],
-        "dedup_batches_max": max(
-            (d for s in report["samples"] for d in s["dedup_batches"] if d is not None),
-            default=None,
+        "batches_in_flight_max": max(
+            (s["batches_in_flight"] for s in report["samples"]), default=None
         ),
     }
 
@@ -212,10 +211,8 @@ def plot(report: dict, path: Path) -> None:
     axes[1].plot(t, [s["latency_p99_s"] for s in samples], label="p99")
     axes[1].set_ylabel("latency (s)")
     axes[1].legend(fontsize=8)
-    for i in range(max((len(s["dedup_batches"]) for s in samples), default=0)):
-        axes[2].plot(t, [s["dedup_batches"][i] for s in samples], label=f"writer {i}")
-    axes[2].set_ylabel("dedup window (batch ids)")
-    axes[2].legend(fontsize=8)
+    axes[2].plot(t, [s["batches_in_flight"] for s in samples])
+    axes[2].set_ylabel("ledger (batches in flight)")
     axes[3].plot(t, [s["events_written"] for s in samples])
     axes[3].set_ylabel("events written")
     axes[3].set_xlabel("seconds since start")

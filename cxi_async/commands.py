@@ -4,7 +4,7 @@
   whether the producer's item classes import where the finders run (real or cxi_async's
   stand-ins; asked of the cluster only when ray.address is set) and, with
   `--pipeline-config`, the settings the producer's YAML must share.
-- `status` attaches to the running pipeline's Ray cluster and prints the drainer's stats.
+- `status` attaches to the running pipeline's Ray cluster and prints the coordinator's stats.
 - `health` does the same and answers with an exit code, for cron jobs and probes.
 - `stop` attaches the same way and drains and stops the pipeline, driver or not.
 
@@ -35,7 +35,7 @@ DEFAULT_STALL_S = 60.0
 
 
 class PipelineNotReachable(RuntimeError):
-    """No Ray cluster, no drainer actor, or a drainer that does not answer."""
+    """No Ray cluster, no coordinator actor, or a coordinator that does not answer."""
 
 
 # --------------------------------------------------------------------------- arguments
@@ -47,7 +47,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
             "Validate a configuration (settings, geometry, output directory) without starting "
             "anything; with --pipeline-config also compare it with the producer's YAML."
         ),
-        "status": "Print the running pipeline's progress and counts (from its drainer actor).",
+        "status": "Print the running pipeline's progress and counts (from its coordinator actor).",
         "stop": (
             "Drain and stop the running pipeline (whether or not a driver still follows it): "
             "finish and write every batch in flight, write the report, print the summary."
@@ -327,12 +327,12 @@ def _attached(config: Config) -> Iterator[None]:
 
 
 def fetch_stats(config: Config, timeout_s: float = STATS_TIMEOUT_S) -> dict:
-    """Attach to the pipeline's Ray cluster (if not attached), ask the drainer for stats.
+    """Attach to the pipeline's Ray cluster (if not attached), ask the coordinator for stats.
 
     Raises PipelineNotReachable with the sentence to show.
     """
     with _attached(config):
-        return _ask_drainer(config, timeout_s)
+        return _ask_coordinator(config, timeout_s)
 
 
 def _probe(config: Config, address: str) -> None:
@@ -347,12 +347,12 @@ def _probe(config: Config, address: str) -> None:
         )
 
 
-def _get_drainer(config: Config) -> Any:
+def _get_coordinator(config: Config) -> Any:
     import ray
 
-    from cxi_async.pipeline import drainer_name
+    from cxi_async.pipeline import coordinator_name
 
-    name = drainer_name(config)
+    name = coordinator_name(config)
     namespace = config.ray.namespace
     try:
         return ray.get_actor(name, namespace=namespace)
@@ -363,29 +363,29 @@ def _get_drainer(config: Config) -> Any:
         ) from None
 
 
-def _ask_drainer(config: Config, timeout_s: float) -> dict:
+def _ask_coordinator(config: Config, timeout_s: float) -> dict:
     import ray
 
-    from cxi_async.pipeline import drainer_name
+    from cxi_async.pipeline import coordinator_name
 
-    name = drainer_name(config)
+    name = coordinator_name(config)
     namespace = config.ray.namespace
-    drainer = _get_drainer(config)
+    coordinator = _get_coordinator(config)
     try:
-        return ray.get(drainer.stats.remote(), timeout=timeout_s)
+        return ray.get(coordinator.stats.remote(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
         raise PipelineNotReachable(
-            f"the cxi_async drainer {name} in namespace '{namespace}' did not answer within "
+            f"the cxi_async coordinator {name} in namespace '{namespace}' did not answer within "
             f"{timeout_s:g} s"
         ) from None
     except ray.exceptions.RayActorError:
         raise PipelineNotReachable(
-            f"the cxi_async drainer {name} in namespace '{namespace}' is dead"
+            f"the cxi_async coordinator {name} in namespace '{namespace}' is dead"
         ) from None
 
 
 def _elsewhere(name: str, namespace: str) -> str:
-    """A hint when the drainer runs in another namespace, or drains another queue."""
+    """A hint when the coordinator runs in another namespace, or drains another queue."""
     import ray
 
     try:
@@ -435,15 +435,15 @@ def stop(config: Config) -> int:
 
     try:
         with _attached(config):
-            drainer = _get_drainer(config)
+            coordinator = _get_coordinator(config)
             try:
-                final = ray.get(drainer.drain_and_stop.remote("asked to drain and stop (stop)"))
+                final = ray.get(coordinator.drain_and_stop.remote("asked to drain and stop (stop)"))
             except ray.exceptions.RayActorError:
                 raise PipelineNotReachable(
-                    f"the cxi_async drainer of Q2 '{config.queue.name}' died while stopping; "
+                    f"the cxi_async coordinator of Q2 '{config.queue.name}' died while stopping; "
                     "what it renamed is listed, what was in flight is still in no file"
                 ) from None
-            ray.kill(drainer)
+            ray.kill(coordinator)
     except PipelineNotReachable as exc:
         _error(str(exc))
         return EXIT_FAILED
@@ -463,12 +463,12 @@ def health(config: Config, *, stall_s: float = DEFAULT_STALL_S) -> int:
 
 
 def assess_health(stats: dict, stall_s: float) -> tuple[bool, str]:
-    """(healthy, one sentence) from one drainer stats dict.
+    """(healthy, one sentence) from one coordinator stats dict.
 
     Unhealthy: a finder or writer that does not answer (`{"dead": True}`), a writer whose
     writes keep failing, a Q2 shard that does not answer, Q2 full (the producer drops
     batches), more than half of the last 50 batches rejected, or a stall: every credit in use
-    and no batch finished for `stall_s` (from the drainer's `seconds_since_last_ack`).
+    and no batch finished for `stall_s` (from the coordinator's `seconds_since_last_ack`).
     """
     problems: list[str] = []
     for group, kind in (("finders", "finder"), ("writers", "writer")):
@@ -506,15 +506,17 @@ def assess_health(stats: dict, stall_s: float) -> tuple[bool, str]:
     ]
     text = ", ".join(p for p in parts if p)
     if since is None and exhausted:
-        text += " (stall not assessed: the drainer does not report seconds_since_last_ack)"
+        text += " (stall not assessed: the coordinator does not report seconds_since_last_ack)"
     return True, text + "."
 
 
 def _loss_problems(stats: dict) -> list[str]:
-    """Data being lost: Q2 full now, or most of the last 50 batches rejected."""
-    from cxi_async.core.alarms import q2_full_problem, rejection_problem
+    """Data being lost: Q2 full now, most of the last 50 batches rejected, or a pool that
+    needs to grow and cannot."""
+    from cxi_async.core.alarms import pool_problem, q2_full_problem, rejection_problem
 
-    return [p for p in (q2_full_problem(stats), rejection_problem(stats)) if p]
+    problems = (q2_full_problem(stats), rejection_problem(stats), pool_problem(stats))
+    return [p for p in problems if p]
 
 
 def _count(kind: str, indices: list[int]) -> str:

@@ -133,7 +133,7 @@ class AutoscaleConfig(_Section):
 
 
 class PlacementConfig(_Section):
-    """Where Ray puts the finders and writers (the drainer turns this into actor options)."""
+    """Where Ray puts the finders and writers (the coordinator turns this into actor options)."""
 
     finder_resources: dict[str, Amount] = {}  # custom resources per finder, e.g. {cxi_cpu = 1}
     writer_resources: dict[str, Amount] = {}  # e.g. {output_disk = 1}: the node that owns the disk
@@ -636,6 +636,13 @@ def _check_pool(cfg: Config) -> None:
             raise ConfigError(
                 f"processing.min_finders = {low} is greater than processing.max_finders = "
                 f"{high}: the pool could have no size.",
+                key="processing.min_finders",
+            )
+        if cfg.placement.finder_placement_group != "none":
+            raise ConfigError(
+                "processing.min_finders / max_finders (an adaptive pool) cannot be used with "
+                f'placement.finder_placement_group = "{cfg.placement.finder_placement_group}", '
+                "which reserves a fixed set of bundles: choose one.",
                 key="processing.min_finders",
             )
         if not low <= p.num_finders <= high:

@@ -4,7 +4,7 @@
         print(await pipeline.stats())
         final = await pipeline.wait()
 
-The driver only holds handles: the drainer actor (named `cxi_async_drainer:<queue>` in the
+The driver only holds handles: the coordinator actor (named `cxi_async_coordinator:<queue>` in the
 configured namespace, detached: it outlives the driver) owns the finders, writers and the
 replay producer and keeps the books. A second driver for the same queue and namespace
 attaches to it (``Pipeline.start(..., attach=True)``) instead of starting another.
@@ -37,8 +37,8 @@ class PipelineError(RuntimeError):
     """The pipeline could not start (cluster, queue topology, output, geometry)."""
 
 
-def drainer_name(config: Config) -> str:
-    return f"cxi_async_drainer:{config.queue.name}"
+def coordinator_name(config: Config) -> str:
+    return f"cxi_async_coordinator:{config.queue.name}"
 
 
 def output_location(config: Config, started: float | None = None) -> tuple[Path, str]:
@@ -114,13 +114,13 @@ def _local_ray_ignores_hangup(local: bool) -> Iterator[None]:
 
 
 class Pipeline:
-    """A running cxi_async pipeline: the drainer's handle plus the optional replay producer."""
+    """A running cxi_async pipeline: the coordinator's handle plus the optional replay producer."""
 
     def __init__(
-        self, config: Config, drainer: Any, output_dir: Path, attached: bool = False
+        self, config: Config, coordinator: Any, output_dir: Path, attached: bool = False
     ) -> None:
         self.config = config
-        self.drainer = drainer
+        self.coordinator = coordinator
         self.output_dir = output_dir
         self.attached = attached  # True: another driver started it; this one follows it
         self.replay_result: Any = None  # the replay producer's report, after wait()
@@ -135,7 +135,7 @@ class Pipeline:
     ) -> Pipeline:
         """Connect to Ray (or start it), create the actors and start draining Q2.
 
-        The coordinator (drainer) is a detached named actor: it outlives this driver. When one
+        The coordinator (coordinator) is a detached named actor: it outlives this driver. When one
         is already running for this queue and namespace, ``attach=True`` returns a Pipeline
         that follows it (``attached``), else PipelineError; one that has stopped is replaced.
         """
@@ -144,8 +144,8 @@ class Pipeline:
         connect_ray(config)
         from cxi_async.actors.coordinator import Coordinator
 
-        name = drainer_name(config)
-        running = await _running_drainer(config)
+        name = coordinator_name(config)
+        running = await _running_coordinator(config)
         if running is not None:
             if not attach:
                 raise PipelineError(
@@ -157,7 +157,7 @@ class Pipeline:
             return cls(config, running, Path(stats["output_dir"]), attached=True)
         output_dir, run_label = output_location(config)
         output_dir.mkdir(parents=True, exist_ok=True)
-        drainer = (
+        coordinator = (
             ray.remote(Coordinator)
             .options(
                 name=name,
@@ -172,13 +172,13 @@ class Pipeline:
             )
             .remote(config, str(output_dir.resolve()), run_label)
         )
-        pipeline = cls(config, drainer, output_dir)
+        pipeline = cls(config, coordinator, output_dir)
         try:
-            started = await drainer.start.remote()
+            started = await coordinator.start.remote()
             if config.replay.enabled:
-                await drainer.start_replay.remote(started["num_shards"])
+                await coordinator.start_replay.remote(started["num_shards"])
         except Exception as exc:
-            ray.kill(drainer)
+            ray.kill(coordinator)
             raise PipelineError(one_line(ray_cause(exc), "last")) from exc
         return pipeline
 
@@ -187,7 +187,7 @@ class Pipeline:
         if self.final is not None:
             return self.final
         try:
-            return await self.drainer.stats.remote()
+            return await self.coordinator.stats.remote()
         except ray.exceptions.RayActorError:
             if self.final is None:  # not a stop this driver saw finish
                 raise
@@ -195,26 +195,26 @@ class Pipeline:
 
     async def wait(self) -> dict:
         """Until the pipeline stops by itself (idle, max_batches, replay done); final stats."""
-        final = await self.drainer.wait_finished.remote()
+        final = await self.coordinator.wait_finished.remote()
         if self.config.replay.enabled:
-            self.replay_result = await self.drainer.replay_result.remote()
+            self.replay_result = await self.coordinator.replay_result.remote()
         return await self._cleanup(final)
 
     async def drain_and_stop(self) -> dict:
         """Stop taking from Q2, finish and flush everything in flight, stop the actors."""
-        final = await self.drainer.drain_and_stop.remote("asked to drain and stop")
+        final = await self.coordinator.drain_and_stop.remote("asked to drain and stop")
         return await self._cleanup(final)
 
     async def stop(self) -> dict:
         """Stop now; batches in flight are not written (they are counted as abandoned)."""
-        final = await self.drainer.stop.remote("asked to stop")
+        final = await self.coordinator.stop.remote("asked to stop")
         return await self._cleanup(final)
 
     async def _cleanup(self, final: dict) -> dict:
         """Keep the final stats, then kill the coordinator (it may have exited already)."""
         self.final = final
         with contextlib.suppress(Exception):
-            ray.kill(self.drainer)
+            ray.kill(self.coordinator)
         return final
 
     async def __aenter__(self) -> Pipeline:
@@ -225,22 +225,22 @@ class Pipeline:
             await self.drain_and_stop()
 
 
-async def _running_drainer(config: Config) -> Any:
-    """The drainer of this queue and namespace if one is running; a stopped one is killed
+async def _running_coordinator(config: Config) -> Any:
+    """The coordinator of this queue and namespace if one is running; a stopped one is killed
     (it is only waiting to exit), so its name is free for a new run."""
-    name = drainer_name(config)
+    name = coordinator_name(config)
     try:
-        drainer = ray.get_actor(name, namespace=config.ray.namespace)
+        coordinator = ray.get_actor(name, namespace=config.ray.namespace)
     except ValueError:
         return None
     try:
-        final = await drainer.finished_stats.remote()
+        final = await coordinator.finished_stats.remote()
     except ray.exceptions.RayActorError:
         final = {}  # dead: its name is about to be free
     if final is None:
-        return drainer
+        return coordinator
     with contextlib.suppress(Exception):
-        ray.kill(drainer)
+        ray.kill(coordinator)
     for _ in range(100):  # Ray frees the name shortly after the kill
         try:
             ray.get_actor(name, namespace=config.ray.namespace)

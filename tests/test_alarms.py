@@ -1,4 +1,4 @@
-"""Loud when data is lost: the rules (exact) and the drainer/command line with a real local Ray."""
+"""Loud when data is lost: the rules (exact), and the coordinator and command line on Ray."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_shards_by_queue_in_one_namespace():
         {"name": "peaknet_q2_shard_0", "namespace": "ns"},
         {"name": "peaknet_q3_shard_0", "namespace": "ns"},
         {"name": "peaknet_q2_shard_0", "namespace": "other"},
-        {"name": "cxi_async_drainer:peaknet_q3", "namespace": "ns"},
+        {"name": "cxi_async_coordinator:peaknet_q3", "namespace": "ns"},
     ]
     assert alarms.shards_by_queue(named, "ns") == {"peaknet_q2": [0, 1], "peaknet_q3": [0]}
 

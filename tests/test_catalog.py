@@ -36,7 +36,7 @@ def _cxi(directory: Path, seq: int, label: str = "r1") -> Path:
 
 
 def _stats(**over) -> dict:
-    """A drainer stats dict with the fields the catalog reads (values as the drainer gives)."""
+    """Coordinator stats with the fields the catalog reads (values as the coordinator gives)."""
     stats = {
         "elapsed_s": 10.0,
         "batches_taken": 12,
@@ -44,7 +44,7 @@ def _stats(**over) -> dict:
         "events_written": 30,
         "events_filtered": 50,
         "events_rejected": 8,
-        "events_duplicate": 1,
+        "events_doubled": 1,
         "credits": 16,
         "credits_in_use": 4,
         "q2_depth": 7,
@@ -260,7 +260,7 @@ def test_restart_continues_without_duplicates(tmp_path: Path) -> None:
 
 def test_restart_after_crash_between_the_two_lists(tmp_path: Path) -> None:
     """files.lst is the commit record: events of a file it does not name are cut on load
-    (their count may be incomplete; the drainer lists such a file again from its content)."""
+    (their count may be incomplete; the coordinator lists such a file again from its content)."""
     a, b = _cxi(tmp_path, 0), _cxi(tmp_path, 1)
     (tmp_path / EVENTS_LIST).write_text(f"{a} //0\n{b} //0\n{b} //1\n")
     (tmp_path / FILES_LIST).write_text(f"{a}\n")
@@ -337,7 +337,7 @@ def test_status_json_fields(tmp_path: Path) -> None:
         "events_kept": 30,
         "events_filtered": 50,
         "events_rejected": 8,
-        "events_duplicate": 1,
+        "events_doubled": 1,
         "events_without_image": 0,
         "hit_rate": 30 / 80,
         "files": 2,

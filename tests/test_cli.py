@@ -460,7 +460,7 @@ def test_ctrl_c_during_a_finders_work_flushes_and_exits_0(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_while_the_drainer_awaits_a_credit(cli, tmp_path):
+def test_sigterm_while_the_coordinator_awaits_a_credit(cli, tmp_path):
     stop_drill(
         cli,
         tmp_path,
@@ -496,7 +496,7 @@ def test_second_sigint_aborts_then_a_restart_cleans_up(cli, tmp_path):
     events = read_cxi_files(out)  # every .cxi opens: none is half written
     check_written_subset(events, truth_for(config))
     assert len(events) >= stats["events_written"]
-    # An abort may leave a file renamed after the drainer asked for the list: not listed then.
+    # An abort may leave a file renamed after the coordinator asked for the list: not listed then.
     listed = lines(out / "files.lst")  # absent when no file was finished
     assert set(listed) <= {str(p.resolve()) for p in out.glob("*.cxi")}
     first = sequence_numbers(out)

@@ -186,13 +186,13 @@ def test_stall_needs_every_credit_in_use_and_no_progress_for_stall_s():
     assert commands.assess_health(idle, 60)[0]
 
 
-def test_stall_not_assessed_without_the_drainers_clock():
+def test_stall_not_assessed_without_the_coordinators_clock():
     stats = running(credits_in_use=8)
     del stats["seconds_since_last_ack"]
     ok, reason = commands.assess_health(stats, 60)
     assert ok
     assert reason.endswith(
-        "(stall not assessed: the drainer does not report seconds_since_last_ack)."
+        "(stall not assessed: the coordinator does not report seconds_since_last_ack)."
     )
 
 
@@ -274,7 +274,7 @@ async def test_status_and_health_of_a_running_pipeline(make_config, tmp_path, ca
         assert capsys.readouterr().out.startswith("healthy: ")
 
         metrics = PipelineMetrics(config.queue.name)
-        metrics.publish(stats)  # the drainer's real stats dict publishes cleanly
+        metrics.publish(stats)  # the coordinator's real stats dict publishes cleanly
         assert metrics.errors == 0
     finally:
         await pipeline.stop()

@@ -23,7 +23,7 @@ import ray
 import torch
 
 from cxi_async.actors.q2_shard import ZERO_COPY_ENV, RemoteQ2Shard, connect_shards
-from cxi_async.pipeline import Pipeline, PipelineError, drainer_name
+from cxi_async.pipeline import Pipeline, PipelineError, coordinator_name
 from cxi_async.replay.producer import new_replay_producer, replay_batch, truth_for
 from tests.conftest import check_against_truth, read_cxi_files
 from tests.test_pipeline import assert_books_balance
@@ -56,7 +56,7 @@ async def test_killed_finder_batches_go_to_the_others(make_config):
     config = make_config("debug.find_delay_s=0.5", "replay.num_batches=8")
     pipeline = await Pipeline.start(config)
     await wait_for(lambda s: s["batches_at_finders"] >= 2, pipeline)
-    actors = await pipeline.drainer.actors.remote()
+    actors = await pipeline.coordinator.actors.remote()
     ray.kill(actors["finders"][0])
     final = await finish(pipeline)
     assert final["replacements"].get("finder", 0) >= 1
@@ -71,7 +71,7 @@ async def test_killed_writer_work_is_resent_and_numbers_never_repeat(make_config
     config = make_config("debug.write_delay_s=0.6", "replay.num_batches=8")
     pipeline = await Pipeline.start(config)
     await wait_for(lambda s: s["files"] >= 1 and s["writers"][0].get("pending_events"), pipeline)
-    actors = await pipeline.drainer.actors.remote()
+    actors = await pipeline.coordinator.actors.remote()
     ray.kill(actors["writers"][0])
     final = await finish(pipeline)
     assert final["replacements"].get("writer", 0) >= 1
@@ -374,12 +374,13 @@ async def test_an_actor_killed_while_starting_is_replaced(make_config, role):
     """Killed in its __init__ (the issue's 'actor never ran'): replaced, and the run is whole."""
     config = make_config("debug.init_delay_s=4.0", "replay.num_batches=4")
     start = asyncio.ensure_future(Pipeline.start(config))
-    drainer = None
-    while True:  # the drainer's handles exist as soon as it asked Ray for the actors
+    coordinator = None
+    while True:  # the coordinator's handles exist as soon as it asked Ray for the actors
         assert not start.done(), "started before the actor could be killed"
         with contextlib.suppress(ValueError):
-            drainer = drainer or ray.get_actor(drainer_name(config), config.ray.namespace)
-        actors = await drainer.actors.remote() if drainer else {}
+            name = coordinator_name(config)
+            coordinator = coordinator or ray.get_actor(name, config.ray.namespace)
+        actors = await coordinator.actors.remote() if coordinator else {}
         if actors.get(f"{role}s"):
             break
         await asyncio.sleep(0.05)
@@ -404,17 +405,17 @@ async def test_a_start_that_cannot_succeed_says_which_actor_where_and_why(make_c
         "debug.fail_init = 'writer': this writer refuses to start."
     )
     with pytest.raises(ValueError):  # nothing is left running
-        ray.get_actor(drainer_name(config), config.ray.namespace)
+        ray.get_actor(coordinator_name(config), config.ray.namespace)
 
 
 @pytest.mark.slow
 async def test_a_writer_killed_between_accepting_a_result_and_replying(make_config):
-    """The result is in the dead writer's inbox but its sender never heard back: the drainer
+    """The result is in the dead writer's inbox but its sender never heard back: the coordinator
     re-sends it to the replacement, and every event is in exactly one file."""
     config = make_config("debug.reply_delay_s=1.0", "replay.num_batches=8")
     pipeline = await Pipeline.start(config)
     await wait_for(lambda s: s["writers"][0].get("replying", 0) >= 1, pipeline)
-    actors = await pipeline.drainer.actors.remote()
+    actors = await pipeline.coordinator.actors.remote()
     ray.kill(actors["writers"][0])
     final = await finish(pipeline)
     assert final["replacements"].get("writer", 0) >= 1

@@ -11,13 +11,14 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 
 
 def stats(**values) -> dict:
-    """A drainer stats dict with the keys publish reads (zeros unless given)."""
+    """A coordinator stats dict with the keys publish reads (zeros unless given)."""
     base = {
         "events_seen": 0,
         "events_written": 0,
         "events_filtered": 0,
         "events_rejected": 0,
-        "events_duplicate": 0,
+        "events_abandoned": 0,
+        "events_doubled": 0,
         "batches_done": 0,
         "batches_rejected": 0,
         "peaks_truncated": 0,

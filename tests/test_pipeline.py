@@ -241,7 +241,7 @@ async def test_auto_shards_without_producer_is_one_sentence(make_config):
 
 
 async def test_slow_writer_holds_credits_not_memory(make_config):
-    """Backpressure: unacked batches never exceed the credits; the drainer never holds data."""
+    """Backpressure: unacked batches never exceed the credits; the coordinator never holds data."""
     config = make_config(
         "debug.write_delay_s=0.4",
         "processing.credits=2",
@@ -252,9 +252,9 @@ async def test_slow_writer_holds_credits_not_memory(make_config):
         "replay.padded_shape=[256, 256]",
     )
     pipeline = await Pipeline.start(config)
-    drainer_pid = await pipeline.drainer.pid.remote()
-    drainer = psutil.Process(drainer_pid)
-    rss = [drainer.memory_info().rss]
+    coordinator_pid = await pipeline.coordinator.pid.remote()
+    coordinator = psutil.Process(coordinator_pid)
+    rss = [coordinator.memory_info().rss]
     seen_q2_backlog = False
     waiter = asyncio.ensure_future(pipeline.wait())
     while not waiter.done():
@@ -262,14 +262,14 @@ async def test_slow_writer_holds_credits_not_memory(make_config):
         assert stats["credits_in_use"] <= 2
         assert stats["batches_in_flight"] <= 2
         seen_q2_backlog |= stats["q2_depth"] > 0
-        rss.append(drainer.memory_info().rss)
+        rss.append(coordinator.memory_info().rss)
         assert_books_balance(stats)
         await asyncio.sleep(0.1)
     final = waiter.result()
     assert final["batches_taken"] == 8
     assert seen_q2_backlog, "the producer was never held back by Q2"
     batch_bytes = 3 * 4 * 2 * 256 * 256 * 4  # one batch of float32 logits
-    assert max(rss) - rss[0] < batch_bytes, "the drainer's memory grew by a batch or more"
+    assert max(rss) - rss[0] < batch_bytes, "the coordinator's memory grew by a batch or more"
 
 
 async def test_drain_and_stop_mid_stream_loses_nothing(make_config):

@@ -122,7 +122,7 @@ def test_options_are_copies():
 
 def test_unknown_role():
     with pytest.raises(ValueError, match="role must be"):
-        actor_options(Config(), "drainer")  # type: ignore[arg-type]
+        actor_options(Config(), "coordinator")  # type: ignore[arg-type]
 
 
 def test_alive_nodes_reads_ray_nodes():

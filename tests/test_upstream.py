@@ -93,7 +93,7 @@ async def test_lclstreamer_forms_with_restarting_batch_ids(make_config, style):
     assert len({b.batch_id for b in batches}) == 2  # six batches, two ids: three "jobs"
     kept = check_by_timestamp(written_events(pipeline.output_dir), batches)
     assert final["events_written"] == kept
-    assert final["events_duplicate"] == final["events_rejected"] == 0
+    assert final["events_doubled"] == final["events_rejected"] == 0
     distance = {t.timestamp: b.metadata["detector_distance"] for b in batches for t in b.truth}
     for path in pipeline.output_dir.glob("*.cxi"):
         with h5py.File(path, "r") as f:

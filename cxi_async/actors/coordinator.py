@@ -26,12 +26,14 @@ import anyio
 import msgspec
 import ray
 
+from cxi_async.actors.autoscaler import Autoscaler
 from cxi_async.actors.common import is_actor_death, setup_actor_logging
 from cxi_async.actors.crew import Crew
 from cxi_async.actors.finder_slots import FinderSlots
 from cxi_async.actors.intake import Intake
 from cxi_async.actors.publishing import Publisher, compose_stats
 from cxi_async.config import Config
+from cxi_async.core.autoscale import PoolPolicy
 from cxi_async.core.errors import one_line
 from cxi_async.core.finding import load_slab_layout
 from cxi_async.core.idle import IdleWatch
@@ -67,6 +69,7 @@ class Coordinator:
         self.intake: Intake | None = None
         self.crew: Crew | None = None
         self.slots: FinderSlots | None = None
+        self.autoscaler: Autoscaler | None = None  # with processing.min/max_finders
         self.group: Any = None  # the task group of the actor's life (made in start)
         self.intake_scope: anyio.CancelScope | None = None
         self.credit_freed: anyio.Event | None = None
@@ -92,7 +95,12 @@ class Coordinator:
         self.crew = Crew(cfg, me, layout, self.output_dir, self.run_label)
         await self.crew.start()
         self.slots = FinderSlots(len(self.crew.finders), cfg.processing.finder_inbox + 1)
-        _warn_if_credits_idle(cfg)
+        policy = PoolPolicy.from_config(cfg)
+        if policy is None:
+            _warn_if_credits_idle(cfg)
+        else:
+            self.autoscaler = Autoscaler(cfg, policy, self.crew, self.slots, self.ledger)
+            self.autoscaler.follow_credits()
         ready = anyio.Event()
         asyncio.get_running_loop().create_task(self._live(ready))
         await ready.wait()
@@ -222,7 +230,6 @@ class Coordinator:
             while not self.stopping:
                 while self.ledger.free_credits <= 0:
                     await self.credit_freed.wait()
-                    self.credit_freed = anyio.Event()
                 shard = await self.intake.next_shard(self._empty_poll)
                 delivery_id = self.ledger.take(shard)  # no await from here to start_soon
                 self.idle.taken()
@@ -264,6 +271,8 @@ class Coordinator:
             self._say(getattr(result, "notices", []))
             if isinstance(result, Found):
                 self.publisher.metrics.observe_find(result.find_seconds)
+                if self.autoscaler is not None:
+                    self.autoscaler.note_batch(result.num_events)
                 kept = [e.event_index for e in result.kept]
                 args = (result.num_events, result.filtered, result.truncated_peaks)
                 if not self.ledger.found(delivery_id, result, kept, *args):
@@ -295,7 +304,7 @@ class Coordinator:
                 if not is_actor_death(exc):
                     reason = "finder error: " + one_line(exc, "last", named=True)
                     return Rejected(delivery_id, f"delivery {delivery_id}", 0, reason)
-                self.crew.replace_finder(index, finder)
+                self._finder_died(index, finder)
                 if attempts >= MAX_ATTEMPTS:
                     reason = f"the batch was being processed when {attempts} finders died"
                     return Rejected(delivery_id, f"delivery {delivery_id}", 0, reason)
@@ -341,8 +350,10 @@ class Coordinator:
         self.publisher.recent.add(rejected)
 
     def _credit_maybe_freed(self) -> None:
+        """Wake the intake if a credit is free (each wake-up uses a new event)."""
         if self.credit_freed is not None and self.ledger.free_credits > 0:
-            self.credit_freed.set()
+            freed, self.credit_freed = self.credit_freed, anyio.Event()
+            freed.set()
 
     def _say(self, notices: list[Notice]) -> None:
         """Log each kind of metadata notice once per run (the finders send every one)."""
@@ -367,7 +378,11 @@ class Coordinator:
         depth = await self.publisher.watch_q2_full(self.intake.shards)
         if depth is not None:
             self.intake.depth = depth
-        await self.publisher.publish(await self.stats())
+        stats = await self.stats()
+        await self.publisher.publish(stats)
+        if self.autoscaler is not None and not self.stopping:
+            await self.autoscaler.tick(depth, stats["finders"], self.group)
+            self._credit_maybe_freed()
         dead_writers, dead_finders = await self.crew.dead()
         for index, handle in dead_writers:
             if self.crew.writers[index] is handle:
@@ -377,7 +392,16 @@ class Coordinator:
                     self.group.start_soon(self._file, delivery_id)
         for index, handle in dead_finders:
             if not (self.stopping and not self.ledger.in_flight):
-                self.crew.replace_finder(index, handle)
+                self._finder_died(index, handle)
+
+    def _finder_died(self, index: int, handle: Any) -> None:
+        """Replace a dead finder, unless the pool was letting it go anyway."""
+        assert self.crew is not None and self.slots is not None
+        if self.slots.is_retiring(index):
+            self.crew.remove_finder(index)
+            self.slots.gone(index)
+        else:
+            self.crew.replace_finder(index, handle)
 
     # ------------------------------------------------------------------ introspection
 
@@ -385,7 +409,7 @@ class Coordinator:
         """Handles of the current finders, writers and shards (status, fault drills)."""
         crew, intake = self.crew, self.intake
         return {
-            "finders": list(crew.finders) if crew else [],
+            "finders": crew.live_finders if crew else [],
             "writers": list(crew.writers) if crew else [],
             "shards": list(intake.shards) if intake else [],
         }
@@ -395,9 +419,20 @@ class Coordinator:
 
     async def stats(self) -> dict:
         """Counts, queue depths and rates; the ledger's identities hold at every read."""
-        finders = await _gather_stats(self.crew.finders if self.crew else [])
+        finders = await _gather_stats(self._answering_finders())
         writers = await _gather_stats(self.crew.writers if self.crew else [])
         return compose_stats(self, finders, writers)
+
+    def _answering_finders(self) -> list[Any]:
+        """Finders past their start (a starting one would hold stats up for seconds)."""
+        if self.crew is None or self.slots is None:
+            return []
+        state = self.slots.state
+        return [
+            f
+            for i, f in enumerate(self.crew.finders)
+            if f is not None and (i >= len(state) or state[i] != "starting")
+        ]
 
     async def _written_files(self) -> list[dict]:
         files: list[dict] = []

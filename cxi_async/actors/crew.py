@@ -43,7 +43,7 @@ class Crew:
         self.layout = layout
         self.output_dir = output_dir
         self.run_label = run_label
-        self.finders: list[Any] = []
+        self.finders: list[Any] = []  # by index; None where the pool let a finder go
         self.writers: list[Any] = []
         self.finder_group: Any = None  # placement group of the finders, if configured
         self.replacements: collections.Counter[str] = collections.Counter()
@@ -80,12 +80,35 @@ class Crew:
     async def dead(self) -> tuple[list[tuple[int, Any]], list[tuple[int, Any]]]:
         """(index, handle) of the writers and of the finders found dead: compare the handle
         before replacing, another caller may have replaced it during the pings."""
-        writers, finders = list(self.writers), list(self.finders)
-        replies = await asyncio.gather(*(_is_dead(a) for a in writers + finders))
+        writers = list(self.writers)
+        finders = [(i, f) for i, f in enumerate(self.finders) if f is not None]
+        replies = await asyncio.gather(*(_is_dead(a) for a in writers + [f for _, f in finders]))
         n = len(writers)
         dead_writers = [(i, a) for i, a in enumerate(writers) if replies[i]]
-        dead_finders = [(i, a) for i, a in enumerate(finders) if replies[n + i]]
+        dead_finders = [(i, f) for k, (i, f) in enumerate(finders) if replies[n + k]]
         return dead_writers, dead_finders
+
+    @property
+    def live_finders(self) -> list[Any]:
+        return [f for f in self.finders if f is not None]
+
+    def start_finder(self, index: int) -> None:
+        """A new finder at `index` (the pool grew); `placed` says when it answers."""
+        while len(self.finders) <= index:
+            self.finders.append(None)
+        self.finders[index] = self._new_finder(index)
+
+    async def placed(self, index: int) -> None:
+        """Returns once finder `index` answers; raises if it died or Ray cannot place it."""
+        (error,) = await _placed([self.finders[index]])
+        if error is not None:
+            raise error
+
+    def remove_finder(self, index: int) -> None:
+        """The pool let finder `index` go (idle, retired): kill it."""
+        finder, self.finders[index] = self.finders[index], None
+        if finder is not None:
+            ray.kill(finder)
 
     def replace_writer(self, index: int) -> None:
         log.warning("writer %d is dead; starting a new one and re-sending what it held", index)
@@ -98,7 +121,7 @@ class Crew:
             self._replace("finder", index)
 
     def kill(self) -> None:
-        for actor in [*self.finders, *self.writers]:
+        for actor in [*self.live_finders, *self.writers]:
             ray.kill(actor)
         if self.finder_group is not None:
             remove_placement_group(self.finder_group)

@@ -67,6 +67,8 @@ class Finder:
             "rejected": self.rejected,
             "producer_classes": self.producer_classes,  # "real" or "stand-in" (upstream.py)
             "busy_fraction": self.busy_seconds / max(time.monotonic() - self.started, 1e-9),
+            "busy_seconds": self.busy_seconds,  # cumulative: the pool's busy meter reads it
+            "actor_id": ray.get_runtime_context().get_actor_id(),
             "node_id": ray.get_runtime_context().get_node_id(),  # placement (multi-node)
         }
 
@@ -85,8 +87,6 @@ class Finder:
             return Unread(delivery.delivery_id, "empty")
         self._warn_if_not_zero_copy(item, time.perf_counter() - t0)
         fetch = await _resolve_refs(item)
-        if self.config.debug.find_delay_s:
-            await anyio.sleep(self.config.debug.find_delay_s)
         assert self.cpu is not None
         result = await anyio.to_thread.run_sync(
             self._timed_run, item, delivery.delivery_id, fetch, limiter=self.cpu
@@ -101,6 +101,8 @@ class Finder:
         """The CPU work, timed inside the limiter: busy_fraction counts computing only."""
         t0 = time.perf_counter()
         try:
+            if self.config.debug.find_delay_s:  # drill: a slower finder (CPU time, in the limiter)
+                time.sleep(self.config.debug.find_delay_s)
             return self.batch_finder.run(item, delivery_id, fetch)
         finally:
             self.busy_seconds += time.perf_counter() - t0

@@ -1,60 +1,91 @@
-"""Which finder takes the next delivery: the least busy one with a free slot.
+"""Which finder takes the next delivery: the least busy active one with a free slot.
 
 Each finder has `slots` calls in flight at most (`processing.finder_inbox + 1`: one computing,
 the others resolving their items meanwhile). Waiting here for a slot is how the finders'
-pace reaches the coordinator, within the credits. A finder can be retired: it gets no new
-delivery and is reported idle once its last call has returned.
+pace reaches the coordinator, within the credits.
+
+A finder's index goes through ``starting`` (made, not answering yet) → ``active`` (takes
+work) → ``retiring`` (the pool shrank: no new work; it may go once idle) → ``gone``. A gone
+index is reused by the next finder the pool starts.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import anyio
+
+State = Literal["starting", "active", "retiring", "gone"]
 
 
 class FinderSlots:
     def __init__(self, num_finders: int, slots: int) -> None:
         self.slots = slots
         self.busy = [0] * num_finders
-        self.retired: set[int] = set()
+        self.state: list[State] = ["active"] * num_finders
         self.freed = anyio.Event()
 
     async def acquire(self) -> int:
-        """The index of the least busy finder with a free slot, once there is one."""
+        """The index of the least busy active finder with a free slot, once there is one."""
         while True:
-            free = [i for i, n in enumerate(self.busy) if n < self.slots and i not in self.retired]
+            freed = self.freed  # taken before the check: a release after it sets this one
+            free = [
+                i for i, n in enumerate(self.busy) if n < self.slots and self.state[i] == "active"
+            ]
             if free:
                 index = min(free, key=lambda i: self.busy[i])
                 self.busy[index] += 1
                 return index
-            await self.freed.wait()
-            self.freed = anyio.Event()
+            await freed.wait()
 
     def release(self, index: int) -> None:
         self.busy[index] -= 1
-        self.freed.set()
+        self._notify()
 
-    def add(self) -> int:
-        """One more finder (or a retired one back): its index."""
-        if self.retired:
-            index = min(self.retired)
-            self.retired.discard(index)
+    def _notify(self) -> None:
+        """Wake every waiter: set this generation's event, start the next one."""
+        freed, self.freed = self.freed, anyio.Event()
+        freed.set()
+
+    def add_starting(self) -> int:
+        """An index for a new finder (a gone one first), not given work until `activate`."""
+        if "gone" in self.state:
+            index = self.state.index("gone")
         else:
-            index = len(self.busy)
+            index = len(self.state)
+            self.state.append("gone")
             self.busy.append(0)
-        self.freed.set()
+        self.state[index] = "starting"
         return index
 
+    def activate(self, index: int) -> None:
+        self.state[index] = "active"
+        self._notify()
+
     def retire(self, index: int) -> None:
-        self.retired.add(index)
+        self.state[index] = "retiring"
+
+    def gone(self, index: int) -> None:
+        self.state[index] = "gone"
+
+    def is_active(self, index: int) -> bool:
+        return 0 <= index < len(self.state) and self.state[index] == "active"
+
+    def is_retiring(self, index: int) -> bool:
+        return self.state[index] == "retiring"
+
+    def least_busy_active(self) -> int:
+        active = [i for i, s in enumerate(self.state) if s == "active"]
+        return min(active, key=lambda i: (self.busy[i], -i))
 
     def idle_retired(self) -> list[int]:
-        """Retired finders with nothing in flight: they may go."""
-        return [i for i in sorted(self.retired) if self.busy[i] == 0]
+        """Retiring finders with nothing in flight: they may go."""
+        return [i for i, s in enumerate(self.state) if s == "retiring" and self.busy[i] == 0]
 
     @property
     def active(self) -> int:
-        return len(self.busy) - len(self.retired)
+        return self.state.count("active")
 
     @property
-    def in_flight(self) -> int:
-        return sum(self.busy)
+    def starting(self) -> int:
+        return self.state.count("starting")

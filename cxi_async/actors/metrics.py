@@ -1,6 +1,6 @@
-"""Ray metrics: the drainer's books as Prometheus counters, gauges and histograms.
+"""Ray metrics: the coordinator's books as Prometheus counters, gauges and histograms.
 
-The drainer already keeps cumulative counts for `stats()`; `PipelineMetrics.publish(stats)`
+The coordinator already keeps cumulative counts for `stats()`; `PipelineMetrics.publish(stats)`
 turns them into `Counter.inc(delta)` since the previous publish and sets the gauges, so the
 Ray dashboard (and Prometheus behind it) sees the pipeline without a second set of books.
 Counters only go up: when a cumulative value drops (a writer died and its file count left
@@ -35,7 +35,8 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "events_written": ("cxi_async_events_written", "events written to CXI files (hits)"),
     "events_filtered": ("cxi_async_events_filtered", "events with fewer than min_num_peak"),
     "events_rejected": ("cxi_async_events_rejected", "events of rejected batches"),
-    "events_duplicate": ("cxi_async_events_duplicate", "duplicate events dropped"),
+    "events_abandoned": ("cxi_async_events_abandoned", "kept events a stop did not write"),
+    "events_doubled": ("cxi_async_events_doubled", "events written in two files"),
     "batches_done": ("cxi_async_batches_done", "batches acknowledged or rejected"),
     "batches_rejected": ("cxi_async_batches_rejected", "batches rejected"),
     "peaks_truncated": ("cxi_async_peaks_truncated", "peaks beyond max_num_peak"),
@@ -47,7 +48,8 @@ REJECTIONS = ("cxi_async_rejections", "rejections by reason kind (batches)")
 #: stats key -> (metric name, description) of the values set as they are.
 GAUGES: dict[str, tuple[str, str]] = {
     "credits_in_use": ("cxi_async_credits_in_use", "batches taken and not yet acknowledged"),
-    "credits": ("cxi_async_credits", "processing.credits"),
+    "credits": ("cxi_async_credits", "credits (processing.credits, or more as the pool grows)"),
+    "pool_size": ("cxi_async_pool_size", "finders taking work"),
     "q2_depth": ("cxi_async_q2_depth", "items waiting in Q2 (all shards, last poll)"),
     "batches_in_flight": ("cxi_async_batches_in_flight", "batches between Q2 and a file"),
     "events_pending": ("cxi_async_events_pending", "kept events not yet in a file"),
@@ -85,7 +87,7 @@ class _WriterMark:
 class PipelineMetrics:
     """Ray metrics of one pipeline (one Q2); create it inside an actor, publish every second.
 
-    `publish(stats)` takes the drainer's `stats()` dict. The histograms take single
+    `publish(stats)` takes the coordinator's `stats()` dict. The histograms take single
     observations: `observe_latency` (per acknowledged batch), `observe_find` (per batch,
     e.g. `BatchResult.find_seconds`) and `observe_write` (per file). When nobody calls
     `observe_write`, `publish` derives per-file write times from the writers' cumulative

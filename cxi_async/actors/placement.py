@@ -4,7 +4,7 @@
 ``ray.remote(...).options()``, and `check_placement` refuses, before any actor is created, a
 placement that no alive node could ever satisfy (Ray would otherwise keep the actor pending
 forever). Both are pure: the cluster's nodes come in as a list (``alive_nodes(ray.nodes())`` in
-the drainer, literal `Node` values in tests). Ray is only imported to build a node-affinity
+the coordinator, literal `Node` values in tests). Ray is only imported to build a node-affinity
 strategy, so this module stays cheap to import.
 """
 

@@ -183,6 +183,7 @@ def compose_stats(coordinator: Any, finders: list[dict], writers: list[dict]) ->
         "run_label": c.run_label,
         "output_dir": c.output_dir,
         **c.publisher.loss_stats(),
+        **(c.autoscaler.stats() if c.autoscaler else {"pool_size": len(finders)}),
     }
 
 

@@ -3,7 +3,7 @@
 The producer drops a batch when every Q2 shard is full and says nothing, a misspelt queue name
 gives a pipeline that waits on empty shards of its own, and a run whose every batch is
 rejected used to exit 0. This module decides when each of these is worth a sentence and
-writes the sentence; the drainer and the command line only feed it numbers. No Ray here.
+writes the sentence; the coordinator and the command line only feed it numbers. No Ray here.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def q2_full_message(queue: str, depth: int, num_shards: int, seconds: float) -> 
 class NoDataClock:
     """When a pipeline has received no batch for ``warn_after_s``: once per run.
 
-    Fed from the drainer's empty polls with the number of batches taken so far: the clock
+    Fed from the coordinator's empty polls with the number of batches taken so far: the clock
     restarts whenever that number changed, so it counts from the start or the last batch.
     """
 
@@ -190,6 +190,12 @@ def q2_full_problem(stats: Mapping[str, Any]) -> str | None:
         f"{float(stats.get('q2_full_seconds', 0.0)):.0f} s in all): the producer is dropping "
         "batches; add finders or writers"
     )
+
+
+def pool_problem(stats: Mapping[str, Any]) -> str | None:
+    """Health: the adaptive finder pool wants to grow and cannot (add nodes), or None."""
+    message = (stats.get("pool") or {}).get("cannot_grow")
+    return f"finder pool: {message}" if message else None
 
 
 def nothing_written(final: Mapping[str, Any]) -> str | None:

@@ -11,10 +11,11 @@ The rules, with the defaults (``DEFAULTS``) and why:
 - **Grow** when, over the last ``grow_after_s`` (3 s: three 1-s health ticks, enough to tell a
   backlog from one batch caught between two polls), every observation had a backlog
   (depth >= 1) and busy finders (busy >= ``grow_busy`` = 0.85), and Q2's depth either rose or
-  stayed high (every depth >= ``grow_depth`` = 2 batches, and not falling). The drainer takes
-  from Q2 whenever it holds a credit, so a backlog that lasts means every credit is in use;
-  busy finders say that finders, not writers or the disk, are what is short. A backlog that
-  is already falling drains by itself and is no reason to grow.
+  stayed high (every depth >= ``grow_depth`` = 2 batches). The coordinator takes from Q2
+  whenever it holds a credit, so a backlog that lasts means every credit is in use; busy
+  finders say that finders, not writers or the disk, are what is short. A backlog that stays
+  high while it falls still grows the pool: each batch in it waits, and the latency is the
+  point. One that drains below ``grow_depth`` within the window does not.
 - **By how much**: to ``max(size + 1, ceil(size * grow_factor))`` (``grow_factor`` = 1.5: 4 ->
   6, 1 -> 2), capped by ``max_finders`` and by ``size + can_place``. Multiplicative steps reach a
   large pool in a few cool-downs (2 -> 3 -> 5 -> 8 -> 12) without jumping to max at once.
@@ -286,9 +287,9 @@ class PoolPolicy:
         busy = f"finders {_pct(last.busy)} busy"
         if last.depth > first.depth:
             return f"Q2 depth {_num(last.depth)} and rising, {busy}"
-        if last.depth >= first.depth and min(s.depth for s in self._pressure) >= self.grow_depth:
+        if min(s.depth for s in self._pressure) >= self.grow_depth:
             span = last.at - first.at
-            return f"Q2 depth {_num(last.depth)} and not falling for {span:.0f} s, {busy}"
+            return f"Q2 depth {_num(last.depth)}, high for {span:.0f} s, {busy}"
         return None
 
     def _change(self, now: float, old: int, target: int, why: str, note: str = "") -> Resize:

@@ -22,7 +22,7 @@ indexamajig (``read_prefixed_filename`` in ``src/im-sandbox.c``) splits a line a
 space when what follows contains ``//``, so a path may contain spaces. It reads each line
 into a 1024-byte buffer, so a longer line is refused here rather than silently cut there.
 
-No Ray here: the drainer calls this (from a worker thread: every method takes a lock).
+No Ray here: the coordinator calls this (from a worker thread: every method takes a lock).
 """
 
 from __future__ import annotations
@@ -436,7 +436,7 @@ class Catalog:
 
         A torn last line (no newline) is cut from either list; events.lst lines after the
         last file files.lst names are cut too (that file's count may be incomplete: the
-        drainer lists such a file again from its CXI content). A run directory whose own
+        coordinator lists such a file again from its CXI content). A run directory whose own
         lists do not end with its last listed file gets them rebuilt from the whole ones.
         """
         _cut_torn_line(self.files_path)
@@ -540,6 +540,8 @@ class Catalog:
             "events_rejected": int(stats.get("events_rejected", 0)),
             "q2_depth": stats.get("q2_depth"),
             "credits_in_use": stats.get("credits_in_use"),
+            "credits": stats.get("credits"),
+            "pool_size": stats.get("pool_size"),
             "finder_inbox": _inboxes(stats.get("finders")),
             "writer_inbox": _inboxes(stats.get("writers")),
         }
@@ -573,7 +575,8 @@ class Catalog:
             "events_kept": kept,
             "events_filtered": filtered,
             "events_rejected": int(stats.get("events_rejected", 0)),
-            "events_duplicate": int(stats.get("events_duplicate", 0)),
+            "events_abandoned": int(stats.get("events_abandoned", 0)),
+            "events_doubled": int(stats.get("events_doubled", 0)),
             "events_without_image": int(stats.get("events_without_image", 0)),
             "hit_rate": hit_rate(kept, filtered),
             "files": int(stats.get("files", 0)),
@@ -585,6 +588,8 @@ class Catalog:
             "credits": stats.get("credits"),
             "q2_depth": stats.get("q2_depth"),
             "q2_full": bool(stats.get("q2_full", False)),  # the producer drops what it puts
+            "pool_size": stats.get("pool_size"),  # finders taking work (adaptive pool: varies)
+            "pool": stats.get("pool"),  # bounds, resizes, "cannot grow" (adaptive pool only)
             "q2_full_seconds": float(stats.get("q2_full_seconds", 0.0)),
             "latency_p50_s": stats.get("latency_p50_s"),
             "latency_p99_s": stats.get("latency_p99_s"),
@@ -597,11 +602,11 @@ class Catalog:
         }
 
     def write_status(self, stats: Mapping[str, Any], finished: bool = False) -> dict[str, Any]:
-        """Replace status.json from the drainer's ``stats`` dict; returns what was written.
+        """Replace status.json from the coordinator's ``stats`` dict; returns what was written.
 
         ``state`` is running / stopping / stopped (``finished``); ``events_kept`` is
         ``events_written``; ``hit_rate`` is :func:`hit_rate` (null before any event was
-        judged); ``events_per_s`` is the drainer's mean since the start and
+        judged); ``events_per_s`` is the coordinator's mean since the start and
         ``events_per_s_recent`` the processed (kept + filtered + rejected) events per second
         since the previous call; times are ISO 8601 UTC plus ``*_unix`` seconds.
         """
@@ -620,7 +625,7 @@ class Catalog:
     # ------------------------------------------------------------------ report
 
     def write_report(self, config_dict: Mapping[str, Any], final_stats: Mapping[str, Any]) -> Path:
-        """At stop: list any file the drainer reports but nobody added, write the lists, the
+        """At stop: list any file the coordinator reports but nobody added, write the lists, the
         final status and ``<prefix>_<run_label>_report.json``; returns the report's path."""
         with self._lock:
             self._adopt(final_stats.get("files_written") or [])

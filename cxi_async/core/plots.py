@@ -86,7 +86,34 @@ def plot_report(report_path: str | Path, out_dir: str | Path | None = None) -> l
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+    fig = _pool(plt, report.get("samples") or [], label, config)
+    if fig is not None:
+        path = out / f"{stem}_pool.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
     return written
+
+
+def _pool(plt: Any, samples: list[dict], label: str, config: dict) -> Any:
+    """Finders taking work and Q2's depth over time: how an adaptive pool followed the load."""
+    if (config.get("processing") or {}).get("max_finders") is None:
+        return None  # a fixed pool: nothing to see
+    points = [s for s in samples if s.get("pool_size") is not None]
+    if not points:
+        return None
+    t = [s["t"] for s in points]
+    fig, ax = plt.subplots(figsize=(7, 3.5), layout="constrained")
+    ax.step(t, [s["pool_size"] for s in points], where="post", color="tab:green", label="finders")
+    ax.set_xlabel("time since start (s)")
+    ax.set_ylabel("finders")
+    depth = ax.twinx()
+    depth.plot(t, [s.get("q2_depth") or 0 for s in points], color="tab:red", lw=1, label="Q2")
+    depth.set_ylabel("Q2 depth (batches)")
+    ax.set_title(f"Adaptive finder pool, {label}")
+    ax.legend(loc="upper left")
+    depth.legend(loc="upper right")
+    return fig
 
 
 def _hit_rate(plt: Any, section: dict, label: str, final: dict, config: dict) -> Any:

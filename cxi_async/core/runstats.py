@@ -1,7 +1,7 @@
 """What a crystallographer watches during a run: is it hitting, how many peaks, how far out.
 
 OM's monitor shows these live at the beamline; cxi_async keeps them per writer, from the
-peaks it writes, and the drainer's stats carry them to ``status.json`` (live numbers) and to
+peaks it writes, and the coordinator's stats carry them to ``status.json`` (live numbers) and to
 the run report (the histograms ``python -m cxi_async plot`` draws):
 
 - peaks per frame, as a histogram of the kept frames;
@@ -135,7 +135,7 @@ class PeakStats:
     def to_dict(self, histograms: bool = True) -> dict[str, Any]:
         """What the writer's stats carry: the live numbers, and with ``histograms`` the
         numpy histograms too (only for the report: the stats are polled every second)."""
-        # Five numbers: the drainer polls this every second (its memory test is strict).
+        # Five numbers: the coordinator polls this every second (its memory test is strict).
         last = self.recent[-1] if self.recent else (None, None, None)
         resolutions = [d for _, _, d in self.recent if d is not None]
         out: dict[str, Any] = {
@@ -196,7 +196,7 @@ def _writer_parts(writers: Any) -> list[Mapping[str, Any]]:
 
 
 def live_fields(writers: Any) -> dict[str, Any]:
-    """The status.json numbers from the drainer's per-writer stats (empty before any frame)."""
+    """The status.json numbers from the coordinator's per-writer stats (empty before any frame)."""
     stats = merge(_writer_parts(writers))
     if stats is None or not stats["frames"]:
         return {}
@@ -271,7 +271,7 @@ def report_section(writers: Any, samples: Sequence[Mapping[str, Any]]) -> dict[s
 
 
 def strip_peak_stats(stats: Mapping[str, Any]) -> dict[str, Any]:
-    """The drainer's stats without the writers' histograms (the report has them once)."""
+    """The coordinator's stats without the writers' histograms (the report has them once)."""
     out = dict(stats)
     if isinstance(out.get("writers"), list):
         out["writers"] = [

@@ -1,4 +1,4 @@
-"""Human-readable progress lines and the final summary table, from the drainer's stats."""
+"""Human-readable progress lines and the final summary table, from the coordinator's stats."""
 
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ def format_summary(stats: dict) -> str:
         ("    of them without image", stats.get("events_without_image", 0)),
         ("  filtered (< min_num_peak)", stats["events_filtered"]),
         ("  rejected", stats["events_rejected"]),
-        ("  duplicates dropped", stats["events_duplicate"]),
+        ("  abandoned (stop)", stats.get("events_abandoned", 0)),
+        ("  in two files (a writer lost after its rename)", stats.get("events_doubled", 0)),
         ("hit rate", f"{100.0 * kept / seen:.1f} %" if seen else "-"),
         ("peaks truncated", stats["peaks_truncated"]),
         ("files written", stats["files"]),
