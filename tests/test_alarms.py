@@ -190,6 +190,7 @@ async def test_q2_full_is_counted_warned_and_unhealthy(make_config):
     assert report["final"]["q2_full_seconds"] == final["q2_full_seconds"]
 
 
+@pytest.mark.slow  # long: the default set stays under 10 minutes on 2 cores
 @pytest.mark.usefixtures("ray_session")
 async def test_a_misspelt_queue_warns_and_a_finite_job_stops(make_config):
     """The producer's Q2 is 'peaknet_q2', the pipeline asks for 'peaknet_q3': it says so once

@@ -407,3 +407,17 @@ def test_busy_meter():
     assert value == pytest.approx(1 / 3)  # d is new: no interval yet
     # a replaced finder under the same key (its counter went back) is left out
     assert meter.update(11.0, {"a": 0.5, "b": 11.0}) == pytest.approx(0.0)
+
+
+def test_credits_shortfall_names_the_setting_and_the_need():
+    from cxi_async.config import load_config
+    from cxi_async.core.autoscale import credits_shortfall
+
+    assert credits_shortfall(load_config(None, [], check_paths=False)) is None  # 8 >= 2x3 + 1
+    replay = ["replay.enabled=true", "replay.batch_size=8"]
+    assert credits_shortfall(load_config(None, replay, check_paths=False)) is None  # 8 = 2x3 + 2
+    short = load_config(None, [*replay, "processing.credits=5"], check_paths=False)
+    assert credits_shortfall(short) == (
+        "processing.credits = 5 cannot keep every actor busy: 2 finders x (finder_inbox 2 + 1)"
+        " + 1 writers x 2 batches per file need 8; raise processing.credits"
+    )

@@ -349,6 +349,7 @@ def test_clean_run_writes_exactly_the_truth(clean_run):
     assert {f["path"] for f in final["files"]} == set(clean_run.files_lst)
 
 
+@pytest.mark.slow  # long: the default set stays under 10 minutes on 2 cores
 def test_restart_in_the_same_directory_continues(clean_run, tmp_path):
     """Same output.run: new numbers after the old files and a crashed writer's leftover."""
     out = clean_run.out
@@ -423,6 +424,7 @@ def stop_drill(
     assert len((out / "events.lst").read_text().splitlines()) == kept
 
 
+@pytest.mark.slow  # long: the default set stays under 10 minutes on 2 cores
 def test_sigterm_during_a_file_write_flushes_and_exits_0(cli, tmp_path):
     stop_drill(
         cli,

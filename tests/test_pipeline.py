@@ -193,6 +193,7 @@ async def test_half_precision_logits_give_the_same_peaks(make_config, dtype):
     check_against_truth(read_cxi_files(pipeline.output_dir), truth_for(config), panel_height=32)
 
 
+@pytest.mark.slow  # long: the default set stays under 10 minutes on 2 cores
 async def test_predictions_ref_transport(make_config):
     config = make_config("replay.transport=ref", "replay.num_batches=3")
     pipeline = await Pipeline.start(config)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from cxi_async.pipeline import Pipeline
 from cxi_async.replay.producer import truth_for
 from tests.conftest import check_against_truth, read_cxi_files
@@ -60,6 +62,7 @@ async def test_the_pool_grows_under_a_backlog_then_shrinks_and_loses_nothing(mak
     assert final["events_written"] + final["events_filtered"] == 68 * 3
 
 
+@pytest.mark.slow  # long: the default set stays under 10 minutes on 2 cores
 async def test_at_the_ceiling_the_pool_says_it_cannot_grow(make_config):
     # One finder takes a whole CPU of the test's 2-CPU Ray: there is no room for a second.
     config = make_config(

@@ -105,6 +105,7 @@ async def test_lclstreamer_forms_with_restarting_batch_ids(make_config, style):
     assert "coffset = 0.01" in (pipeline.output_dir / "peaknet.geom").read_text()
 
 
+@pytest.mark.slow  # long: the default set stays under 10 minutes on 2 cores
 async def test_streaming_form_without_images(make_config):
     """The upstream's streaming producer: time.time() per batch, photon_energies, no image."""
     config = make_config(

@@ -31,9 +31,9 @@ from cxi_async.actors.common import is_actor_death, setup_actor_logging
 from cxi_async.actors.crew import Crew
 from cxi_async.actors.finder_slots import FinderSlots
 from cxi_async.actors.intake import Intake
-from cxi_async.actors.publishing import Publisher, compose_stats
+from cxi_async.actors.publishing import Publisher, actor_stats, compose_stats, written_files
 from cxi_async.config import Config
-from cxi_async.core.autoscale import PoolPolicy
+from cxi_async.core.autoscale import PoolPolicy, credits_shortfall
 from cxi_async.core.errors import one_line
 from cxi_async.core.finding import load_slab_layout
 from cxi_async.core.idle import IdleWatch
@@ -70,6 +70,7 @@ class Coordinator:
         self.crew: Crew | None = None
         self.slots: FinderSlots | None = None
         self.autoscaler: Autoscaler | None = None  # with processing.min/max_finders
+        self.life: asyncio.Task | None = None  # the one root task: its group holds the rest
         self.group: Any = None  # the task group of the actor's life (made in start)
         self.intake_scope: anyio.CancelScope | None = None
         self.credit_freed: anyio.Event | None = None
@@ -96,13 +97,13 @@ class Coordinator:
         await self.crew.start()
         self.slots = FinderSlots(len(self.crew.finders), cfg.processing.finder_inbox + 1)
         policy = PoolPolicy.from_config(cfg)
-        if policy is None:
-            _warn_if_credits_idle(cfg)
-        else:
+        if policy is None and (shortfall := credits_shortfall(cfg)) is not None:
+            log.warning("%s", shortfall)
+        elif policy is not None:
             self.autoscaler = Autoscaler(cfg, policy, self.crew, self.slots, self.ledger)
             self.autoscaler.follow_credits()
         ready = anyio.Event()
-        asyncio.get_running_loop().create_task(self._live(ready))
+        self.life = asyncio.get_running_loop().create_task(self._live(ready))  # held: not GC'd
         await ready.wait()
         log.info(
             "draining %s (%d shards, namespace %s) with %d finders, %d writers, %d credits into %s",
@@ -193,7 +194,7 @@ class Coordinator:
             return
         self.shutting_down = True
         stats = await self.stats()
-        stats["files_written"] = await self._written_files()
+        stats["files_written"] = await written_files(self.crew.writers if self.crew else [])
         report = await self.publisher.report(stats)
         if report is not None:
             stats["report"] = report
@@ -231,6 +232,8 @@ class Coordinator:
                 while self.ledger.free_credits <= 0:
                     await self.credit_freed.wait()
                 shard = await self.intake.next_shard(self._empty_poll)
+                if self.ledger.free_credits <= 0:  # the pool shrank (and its credits) meanwhile
+                    continue
                 delivery_id = self.ledger.take(shard)  # no await from here to start_soon
                 self.idle.taken()
                 delivery = Delivery(delivery_id, [self.intake.get(shard)], shard)
@@ -282,8 +285,8 @@ class Coordinator:
             else:
                 self.ledger.unread(delivery_id)
         except LedgerError:
-            if not self.stopping:  # after stop(): the delivery was abandoned meanwhile
-                raise
+            if not self.stopping:  # after stop() the delivery was abandoned: nothing to say
+                log.exception("delivery %d: the books contradict a fact", delivery_id)
         except Exception as exc:
             log.exception("delivery %d: unexpected error", delivery_id)
             reason = "coordinator error: " + one_line(exc, named=True)
@@ -419,8 +422,8 @@ class Coordinator:
 
     async def stats(self) -> dict:
         """Counts, queue depths and rates; the ledger's identities hold at every read."""
-        finders = await _gather_stats(self._answering_finders())
-        writers = await _gather_stats(self.crew.writers if self.crew else [])
+        finders = await actor_stats(self._answering_finders())
+        writers = await actor_stats(self.crew.writers if self.crew else [])
         return compose_stats(self, finders, writers)
 
     def _answering_finders(self) -> list[Any]:
@@ -433,43 +436,3 @@ class Coordinator:
             for i, f in enumerate(self.crew.finders)
             if f is not None and (i >= len(state) or state[i] != "starting")
         ]
-
-    async def _written_files(self) -> list[dict]:
-        files: list[dict] = []
-        for w in self.crew.writers if self.crew else []:
-            try:
-                files.extend(await w.written_files.remote())
-            except Exception as exc:  # a dead writer's list is gone; its files are on disk
-                log.warning("could not list a writer's files: %s", type(exc).__name__)
-        return files
-
-
-def _warn_if_credits_idle(cfg: Config) -> None:
-    """Credits below finders × (inbox + 1) + writers × (batches a file needs) leave actors idle."""
-    p, o = cfg.processing, cfg.output
-    batch = cfg.replay.batch_size if cfg.replay.enabled else 1
-    per_file = -(-o.events_per_file // batch)
-    needed = p.num_finders * (p.finder_inbox + 1) + o.num_writers * per_file
-    if p.credits < needed:
-        log.warning(
-            "processing.credits = %d cannot keep every actor busy: %d finders x (finder_inbox "
-            "%d + 1) + %d writers x %d batches per file need %d; raise processing.credits",
-            p.credits,
-            p.num_finders,
-            p.finder_inbox,
-            o.num_writers,
-            per_file,
-            needed,
-        )
-
-
-async def _gather_stats(actors: list[Any]) -> list[dict]:
-    replies = await asyncio.gather(
-        *(asyncio.wait_for(_await(a.stats.remote()), 5.0) for a in actors),
-        return_exceptions=True,
-    )
-    return [r if isinstance(r, dict) else {"dead": True} for r in replies]
-
-
-async def _await(ref: Any) -> Any:
-    return await ref

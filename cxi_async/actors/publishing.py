@@ -187,6 +187,26 @@ def compose_stats(coordinator: Any, finders: list[dict], writers: list[dict]) ->
     }
 
 
+async def actor_stats(actors: list[Any]) -> list[dict]:
+    """Each actor's stats(), asked together; {"dead": True} for one that does not answer."""
+    replies = await asyncio.gather(
+        *(asyncio.wait_for(_await(a.stats.remote()), 5.0) for a in actors),
+        return_exceptions=True,
+    )
+    return [r if isinstance(r, dict) else {"dead": True} for r in replies]
+
+
+async def written_files(writers: list[Any]) -> list[dict]:
+    """Every writer's list of files, for the report (a dead writer's files are on disk)."""
+    files: list[dict] = []
+    for w in writers:
+        try:
+            files.extend(await w.written_files.remote())
+        except Exception as exc:
+            log.warning("could not list a writer's files: %s", type(exc).__name__)
+    return files
+
+
 def _quantile(sorted_values: list[float], q: float) -> float | None:
     if not sorted_values:
         return None

@@ -56,6 +56,7 @@ __all__ = [
     "PoolPolicy",
     "Resize",
     "credits_for",
+    "credits_shortfall",
     "memory_bound",
     "placeable",
 ]
@@ -392,6 +393,24 @@ def credits_for(
         raise ValueError("credits_for needs positive counts and a non-negative inbox")
     per_file = math.ceil(events_per_file / batch_size)
     return pool_size * (finder_inbox + 1) + num_writers * per_file
+
+
+def credits_shortfall(config: Config) -> str | None:
+    """The sentence for a fixed pool whose credits leave some actor waiting, else None.
+
+    A writer needs the batches of one file; before any batch is seen only the replay knows
+    their size, else one batch per file is assumed (the least a file can need)."""
+    p, o = config.processing, config.output
+    batch = config.replay.batch_size if config.replay.enabled else o.events_per_file
+    need = credits_for(p.num_finders, p.finder_inbox, o.num_writers, o.events_per_file, batch)
+    if p.credits >= need:
+        return None
+    return (
+        f"processing.credits = {p.credits} cannot keep every actor busy: {p.num_finders} "
+        f"finders x (finder_inbox {p.finder_inbox} + 1) + {o.num_writers} writers x "
+        f"{-(-o.events_per_file // batch)} batches per file need {need}; raise "
+        "processing.credits"
+    )
 
 
 def memory_bound(credits: int, batch_bytes: float) -> str:
