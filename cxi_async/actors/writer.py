@@ -268,8 +268,12 @@ class Writer:
         finally:
             self.writing -= 1
             self._wake()
-        if done is not None:
+        if done is None:
+            return
+        try:
             await self.coordinator.file_done.remote(done)
+        except Exception as exc:  # the coordinator is gone: the run is over; keep the loop
+            log.warning("writer %d could not report %s: %s", self.index, done.path, exc)
 
     async def _write(self, batch: FileBatch) -> FileDone | None:
         images = {found.delivery_id: found.image[0] for found, _ in batch.events if found.image}
