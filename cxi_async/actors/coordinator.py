@@ -381,20 +381,23 @@ class Coordinator:
         depth = await self.publisher.watch_q2_full(self.intake.shards)
         if depth is not None:
             self.intake.depth = depth
-        stats = await self.stats()
+        finders = self._answering_finders()
+        writers = list(enumerate(self.crew.writers))
+        finder_stats, writer_stats = await self._actor_stats(finders, writers)
+        stats = compose_stats(self, finder_stats, writer_stats)
         await self.publisher.publish(stats)
         if self.autoscaler is not None and not self.stopping:
-            await self.autoscaler.tick(depth, stats["finders"], self.group)
+            await self.autoscaler.tick(depth, finder_stats, self.group)
             self._credit_maybe_freed()
-        dead_writers, dead_finders = await self.crew.dead()
-        for index, handle in dead_writers:
-            if self.crew.writers[index] is handle:
+        # The stats calls are the liveness check: an actor whose call died is gone.
+        for (index, handle), reply in zip(writers, writer_stats, strict=True):
+            if reply.get("gone") and self.crew.writers[index] is handle:
                 lost = self.ledger.writer_lost(index)  # before the new one can be given any
                 self.crew.replace_writer(index)
                 for delivery_id in lost:
                     self.group.start_soon(self._file, delivery_id)
-        for index, handle in dead_finders:
-            if not (self.stopping and not self.ledger.in_flight):
+        for (index, handle), reply in zip(finders, finder_stats, strict=True):
+            if reply.get("gone") and not (self.stopping and not self.ledger.in_flight):
                 self._finder_died(index, handle)
 
     def _finder_died(self, index: int, handle: Any) -> None:
@@ -422,17 +425,26 @@ class Coordinator:
 
     async def stats(self) -> dict:
         """Counts, queue depths and rates; the ledger's identities hold at every read."""
-        finders = await actor_stats(self._answering_finders())
-        writers = await actor_stats(self.crew.writers if self.crew else [])
-        return compose_stats(self, finders, writers)
+        finder_stats, writer_stats = await self._actor_stats(
+            self._answering_finders(), list(enumerate(self.crew.writers if self.crew else []))
+        )
+        return compose_stats(self, finder_stats, writer_stats)
 
-    def _answering_finders(self) -> list[Any]:
-        """Finders past their start (a starting one would hold stats up for seconds)."""
+    @staticmethod
+    async def _actor_stats(
+        finders: list[tuple[int, Any]], writers: list[tuple[int, Any]]
+    ) -> tuple[list[dict], list[dict]]:
+        replies = await actor_stats([h for _, h in finders] + [h for _, h in writers])
+        return replies[: len(finders)], replies[len(finders) :]
+
+    def _answering_finders(self) -> list[tuple[int, Any]]:
+        """(index, handle) of the finders past their start (a starting one would hold the
+        stats up for seconds)."""
         if self.crew is None or self.slots is None:
             return []
         state = self.slots.state
         return [
-            f
+            (i, f)
             for i, f in enumerate(self.crew.finders)
             if f is not None and (i >= len(state) or state[i] != "starting")
         ]

@@ -23,7 +23,6 @@ from cxi_async.core.geometry import SlabLayout
 log = logging.getLogger(__name__)
 
 START_ATTEMPTS = 3  # an actor slot whose actor dies this many times while starting fails the start
-PING_TIMEOUT_S = 30.0
 START_TIMEOUT_S = 120.0
 
 
@@ -76,17 +75,6 @@ class Crew:
                     "%s; starting another", start_failure(role, index, 1, str(exc)).rstrip(".")
                 )
                 self._replace(role, index)
-
-    async def dead(self) -> tuple[list[tuple[int, Any]], list[tuple[int, Any]]]:
-        """(index, handle) of the writers and of the finders found dead: compare the handle
-        before replacing, another caller may have replaced it during the pings."""
-        writers = list(self.writers)
-        finders = [(i, f) for i, f in enumerate(self.finders) if f is not None]
-        replies = await asyncio.gather(*(_is_dead(a) for a in writers + [f for _, f in finders]))
-        n = len(writers)
-        dead_writers = [(i, a) for i, a in enumerate(writers) if replies[i]]
-        dead_finders = [(i, f) for k, (i, f) in enumerate(finders) if replies[n + k]]
-        return dead_writers, dead_finders
 
     @property
     def live_finders(self) -> list[Any]:
@@ -211,14 +199,6 @@ async def _placed(
             f"{ray.available_resources().get('CPU', 0.0):g} CPUs free; check "
             "processing.finder_num_cpus / writer_num_cpus and the scheduling options."
         ) from None
-
-
-async def _is_dead(actor: Any) -> bool:
-    try:
-        await asyncio.wait_for(_await(actor.ping.remote()), PING_TIMEOUT_S)
-        return False
-    except Exception as exc:
-        return is_actor_death(exc)
 
 
 async def _await(ref: Any) -> Any:

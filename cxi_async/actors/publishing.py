@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 
+from cxi_async.actors.common import is_actor_death
 from cxi_async.config import Config, config_to_dict
 from cxi_async.core import alarms, cxi
 from cxi_async.core.catalog import Catalog, CatalogError
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 Q2_FULL_TIMEOUT_S = 2.0  # a shard busy with a large put answers later: not known full
 CATALOG_MIN_INTERVAL_S = 2.0
+STATS_TIMEOUT_S = 5.0
 
 
 class Publisher:
@@ -188,12 +190,15 @@ def compose_stats(coordinator: Any, finders: list[dict], writers: list[dict]) ->
 
 
 async def actor_stats(actors: list[Any]) -> list[dict]:
-    """Each actor's stats(), asked together; {"dead": True} for one that does not answer."""
+    """Each actor's stats(), asked together. One that does not answer within 5 s reads
+    {"dead": True}; one whose call died (the actor is gone) also has "gone": True."""
     replies = await asyncio.gather(
-        *(asyncio.wait_for(_await(a.stats.remote()), 5.0) for a in actors),
+        *(asyncio.wait_for(_await(a.stats.remote()), STATS_TIMEOUT_S) for a in actors),
         return_exceptions=True,
     )
-    return [r if isinstance(r, dict) else {"dead": True} for r in replies]
+    return [
+        r if isinstance(r, dict) else {"dead": True, "gone": is_actor_death(r)} for r in replies
+    ]
 
 
 async def written_files(writers: list[Any]) -> list[dict]:

@@ -2,11 +2,12 @@
 
 A file is written as ``<name>.cxi.inprogress`` and renamed to ``<name>.cxi`` only after HDF5
 has closed it (and, with ``fsync``, after its bytes are on disk), so a reader or a crash never
-sees a half-written ``.cxi``. With ``fsync`` and no compression the frames bypass the page
-cache: HDF5 allocates every chunk up front (4 KiB aligned) and the frames go to those offsets
-with ``O_DIRECT`` writes, which the device reads straight from a reused frame buffer. Copying
-8.65 MB per event into fresh page-cache pages was most of the writer's CPU (see
-bench/README.md), and the page cache only delays bytes that must reach the disk anyway.
+sees a half-written ``.cxi``. Without compression the frames bypass the page cache, with
+``fsync`` or without: HDF5 allocates every chunk up front (4 KiB aligned) and the frames go to
+those offsets with ``O_DIRECT`` writes, which the device reads straight from a reused frame
+buffer. Copying 8.65 MB per event into fresh page-cache pages was most of the writer's CPU
+(see bench/README.md), and the page cache only delays bytes that must reach the disk anyway;
+``fsync = false`` then only skips the fsync of the file and of its directory.
 The layout is the one in ``cxi-format.md``; CrystFEL reads it with
 ``--peaks=cxi`` and a slab geometry. No Ray here: the writer actor calls this from a thread.
 """
@@ -450,7 +451,7 @@ def write_cxi_file(
     filters = _compression_kwargs(compression)
 
     # O_DIRECT needs whole aligned blocks: every frame size of a real detector is one.
-    direct = fsync and fill_frame is not None and not filters and (ss * fs * 4) % DIRECT_ALIGN == 0
+    direct = fill_frame is not None and not filters and (ss * fs * 4) % DIRECT_ALIGN == 0
     # HDF5 aligns every object at least one frame large (the chunks) to DIRECT_ALIGN.
     align = {"alignment_threshold": ss * fs * 4, "alignment_interval": DIRECT_ALIGN}
     created = False
@@ -487,7 +488,7 @@ def write_cxi_file(
                 gc.collect()  # free the HDF5 ids a failure left behind, still under the lock
                 raise
         if offsets is not None and fill_frame is not None:
-            _write_frames(tmp_path, offsets, (ss, fs), fill_frame)
+            _write_frames(tmp_path, offsets, (ss, fs), fill_frame, fsync)
         if fsync:
             fsync_file(tmp_path)
         for _ in range(MAX_NAME_TRIES):
@@ -675,11 +676,12 @@ def _write_frames(
     offsets: list[int],
     slab_shape: tuple[int, int],
     fill_frame: Callable[[int, np.ndarray], None],
+    fsync: bool = True,
 ) -> None:
     """Each frame into its preallocated chunk, with O_DIRECT where the filesystem allows it.
 
     A filesystem that refuses O_DIRECT (EINVAL, at open or at the first write) gets buffered
-    writes of the same bytes, and its page-cache copy is dropped after the fsync.
+    writes of the same bytes; with ``fsync`` their page-cache copy is dropped after the fsync.
     """
     direct = True
     with _FRAMES.zeroed(slab_shape) as frame:
@@ -702,7 +704,7 @@ def _write_frames(
                     written = os.pwrite(fd, frame, offset)
                 if written != frame.nbytes:
                     raise OSError(errno.EIO, f"short write of frame {i} ({written} bytes)")
-            if not direct:
+            if not direct and fsync:
                 os.fsync(fd)
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
