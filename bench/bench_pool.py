@@ -1,12 +1,11 @@
-"""Bench (skeleton): fixed finder pools against the adaptive pool on a stepped replay load.
+"""Bench: fixed finder pools against the adaptive pool on a stepped replay load.
 
     python bench/bench_pool.py [--fixed 1,2,3] [--auto 1:4] [--steps 0:40,40:160,100:40]
         [--duration 160] [--batch-size 8] [--num-cpus 2] [--config config.toml]
         [--set section.key=value ...] [--json out.json] [--out-dir DIR]
 
-NOT VALIDATED YET. It needs the coordinator to drive the pool with core/autoscale.PoolPolicy
-(issue 13). Until then the "auto" run is a fixed pool of ``min_finders`` (the config keys are
-accepted and ignored by the coordinator), and the script says so when it sees the pool never change.
+The coordinator drives the "auto" run with core/autoscale.PoolPolicy; bench/README.md has
+the measured run and the command that made it.
 
 Each run (one per fixed size, then auto) starts ``Pipeline.start(config, overrides)`` with the
 replay producer enabled and ``replay.rate_steps`` = ``--steps`` (``seconds:events/s``, the
@@ -182,8 +181,8 @@ def report(results: list[dict]) -> None:
             )
             if len(a["pool_sizes"]) <= 1:
                 print(
-                    "  the pool never changed size: the coordinator does not drive it with "
-                    "core/autoscale.PoolPolicy yet, so this run is a fixed pool of min_finders."
+                    "  the pool never changed size: the load never held Q2 up with busy finders "
+                    "for autoscale.grow_after_s (see core/autoscale.py)."
                 )
 
 
