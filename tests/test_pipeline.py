@@ -132,7 +132,9 @@ async def test_finders_in_a_placement_group(make_config):
 @pytest.mark.slow  # ~18 s
 async def test_files_hold_events_per_file_until_the_final_flush(make_config):
     """One file at most is short (the final flush) when files close on size alone."""
-    config = make_config("output.max_file_age_s=60", "replay.num_batches=16")
+    config = make_config(  # neither age nor a pause in the stream closes a file here
+        "output.max_file_age_s=60", "output.idle_flush_s=60", "replay.num_batches=16"
+    )
     pipeline = await Pipeline.start(config)
     final = await pipeline.wait()
     sizes = [f["events"] for f in final["files_written"]]

@@ -175,8 +175,9 @@ class Coordinator:
             "draining: %s; finishing %d batches in flight", self.stop_reason, self.ledger.in_flight
         )
         while self.ledger.in_flight and not self.shutting_down:
-            writers = self.crew.writers if self.crew else []
-            await asyncio.gather(*(w.flush.remote() for w in writers), return_exceptions=True)
+            if self.ledger.all_at_writers:  # flushing earlier would cut files short
+                writers = self.crew.writers if self.crew else []
+                await asyncio.gather(*(w.flush.remote() for w in writers), return_exceptions=True)
             await anyio.sleep(0.05)
         await self._shutdown()
 
