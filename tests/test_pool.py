@@ -12,6 +12,8 @@ from cxi_async.replay.producer import truth_for
 from tests.conftest import check_against_truth, read_cxi_files
 from tests.test_pipeline import assert_books_balance
 
+pytestmark = pytest.mark.usefixtures("ray_session")
+
 FAST_POLICY = (
     "autoscale.grow_after_s=1.0",
     "autoscale.cooldown_s=1.5",

@@ -17,7 +17,14 @@ import ray
 from cxi_async.actors.crew import Crew
 from cxi_async.actors.finder_slots import FinderSlots
 from cxi_async.config import Config
-from cxi_async.core.autoscale import BusyMeter, CannotGrow, PoolPolicy, Resize, credits_for
+from cxi_async.core.autoscale import (
+    BusyMeter,
+    CannotGrow,
+    PoolPolicy,
+    Resize,
+    credits_for,
+    expected_batch_size,
+)
 from cxi_async.core.autoscale import placeable as fits
 from cxi_async.core.ledger import Ledger
 
@@ -104,9 +111,7 @@ class Autoscaler:
     def follow_credits(self) -> None:
         """credits = max(processing.credits, what the pool needs to stay busy)."""
         p, o = self.config.processing, self.config.output
-        batch = self.batch_events or (
-            self.config.replay.batch_size if self.config.replay.enabled else o.events_per_file
-        )
+        batch = self.batch_events or expected_batch_size(self.config)
         need = credits_for(self.size, p.finder_inbox, o.num_writers, o.events_per_file, batch)
         self.ledger.credits = max(p.credits, need)
 

@@ -7,6 +7,7 @@ import logging
 import re
 import time
 import warnings
+from typing import Any
 
 import ray.exceptions
 
@@ -38,6 +39,11 @@ def setup_actor_logging(config: Config) -> None:
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         handler._cxi_async = True  # type: ignore[attr-defined]
         root.addHandler(handler)
+
+
+async def awaited(ref: Any) -> Any:
+    """A coroutine of an ObjectRef, for asyncio.wait_for / gather, which want coroutines."""
+    return await ref
 
 
 def is_actor_death(exc: BaseException) -> bool:

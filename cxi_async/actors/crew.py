@@ -15,7 +15,7 @@ from typing import Any
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 
-from cxi_async.actors.common import is_actor_death, start_failure
+from cxi_async.actors.common import awaited, is_actor_death, start_failure
 from cxi_async.actors.placement import actor_options, alive_nodes, check_placement, finder_bundles
 from cxi_async.config import Config
 from cxi_async.core.geometry import SlabLayout
@@ -170,7 +170,7 @@ async def _reserve_finder_group(cfg: Config, timeout: float = START_TIMEOUT_S) -
     bundles = finder_bundles(cfg)
     group = placement_group(bundles, strategy=strategy)
     try:
-        await asyncio.wait_for(_await(group.ready()), timeout)
+        await asyncio.wait_for(awaited(group.ready()), timeout)
     except asyncio.TimeoutError:
         remove_placement_group(group)
         raise RuntimeError(
@@ -189,7 +189,7 @@ async def _placed(
     if Ray cannot place them."""
     try:
         replies = await asyncio.wait_for(
-            asyncio.gather(*(_await(a.ping.remote()) for a in actors), return_exceptions=True),
+            asyncio.gather(*(awaited(a.ping.remote()) for a in actors), return_exceptions=True),
             timeout,
         )
         return [r if isinstance(r, BaseException) else None for r in replies]
@@ -199,7 +199,3 @@ async def _placed(
             f"{ray.available_resources().get('CPU', 0.0):g} CPUs free; check "
             "processing.finder_num_cpus / writer_num_cpus and the scheduling options."
         ) from None
-
-
-async def _await(ref: Any) -> Any:
-    return await ref

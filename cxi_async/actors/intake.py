@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 
+from cxi_async.actors.common import awaited
 from cxi_async.actors.q2_shard import (
     check_topology,
     connect_shards,
@@ -90,7 +91,7 @@ class Intake:
     async def poll(self) -> list[int]:
         """Every shard's size, asked together; a shard that fails counts as 0."""
         replies = await asyncio.gather(
-            *(asyncio.wait_for(_await(s.size.remote()), SIZE_TIMEOUT_S) for s in self.shards),
+            *(asyncio.wait_for(awaited(s.size.remote()), SIZE_TIMEOUT_S) for s in self.shards),
             return_exceptions=True,
         )
         sizes = []
@@ -152,7 +153,3 @@ def _resolve_num_shards(config: Config) -> int:
                 "set queue.wait_for_producer_s, or give queue.num_shards."
             )
         time.sleep(0.5)
-
-
-async def _await(ref: Any) -> Any:
-    return await ref

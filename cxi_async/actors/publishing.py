@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 
-from cxi_async.actors.common import is_actor_death
+from cxi_async.actors.common import awaited, is_actor_death
 from cxi_async.config import Config, config_to_dict
 from cxi_async.core import alarms, cxi
 from cxi_async.core.catalog import Catalog, CatalogError
@@ -108,7 +108,7 @@ class Publisher:
             return None
         calls = [s.size.remote() for s in shards] + [s.is_full.remote() for s in shards]
         replies = await asyncio.gather(
-            *(asyncio.wait_for(_await(c), Q2_FULL_TIMEOUT_S) for c in calls),
+            *(asyncio.wait_for(awaited(c), Q2_FULL_TIMEOUT_S) for c in calls),
             return_exceptions=True,
         )
         sizes = [r if isinstance(r, int) and not isinstance(r, bool) else None for r in replies[:n]]
@@ -152,10 +152,6 @@ class Publisher:
         }
 
 
-async def _await(ref: Any) -> Any:
-    return await ref
-
-
 def compose_stats(coordinator: Any, finders: list[dict], writers: list[dict]) -> dict:
     """The coordinator's stats: the ledger's books plus the live parts of every unit."""
     c = coordinator
@@ -193,7 +189,7 @@ async def actor_stats(actors: list[Any]) -> list[dict]:
     """Each actor's stats(), asked together. One that does not answer within 5 s reads
     {"dead": True}; one whose call died (the actor is gone) also has "gone": True."""
     replies = await asyncio.gather(
-        *(asyncio.wait_for(_await(a.stats.remote()), STATS_TIMEOUT_S) for a in actors),
+        *(asyncio.wait_for(awaited(a.stats.remote()), STATS_TIMEOUT_S) for a in actors),
         return_exceptions=True,
     )
     return [

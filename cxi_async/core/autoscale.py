@@ -57,6 +57,7 @@ __all__ = [
     "Resize",
     "credits_for",
     "credits_shortfall",
+    "expected_batch_size",
     "memory_bound",
     "placeable",
 ]
@@ -395,13 +396,19 @@ def credits_for(
     return pool_size * (finder_inbox + 1) + num_writers * per_file
 
 
+def expected_batch_size(config: Config) -> int:
+    """Events per batch before any batch is seen: the replay's, else events_per_file (one
+    batch per file, the least a file can need)."""
+    return config.replay.batch_size if config.replay.enabled else config.output.events_per_file
+
+
 def credits_shortfall(config: Config) -> str | None:
     """The sentence for a fixed pool whose credits leave some actor waiting, else None.
 
     A writer needs the batches of one file; before any batch is seen only the replay knows
     their size, else one batch per file is assumed (the least a file can need)."""
     p, o = config.processing, config.output
-    batch = config.replay.batch_size if config.replay.enabled else o.events_per_file
+    batch = expected_batch_size(config)
     need = credits_for(p.num_finders, p.finder_inbox, o.num_writers, o.events_per_file, batch)
     if p.credits >= need:
         return None
