@@ -388,6 +388,16 @@ def test_status_without_events_has_null_hit_rate(tmp_path: Path) -> None:
     assert hit_rate(0, 0) is None and hit_rate(0, 5) == 0.0 and hit_rate(3, 1) == 0.75
 
 
+def test_live_hit_rate_counts_hits_still_in_open_files(tmp_path: Path) -> None:
+    """Hits are judged with the filtered events but written later: while 24 judged hits
+    wait in open files, the hit rate is 54 / 104, not the 30 / 80 of the renamed files."""
+    cat = Catalog(tmp_path, "peaknet", "r1")
+    status = cat.write_status(_stats(events_hits=54))
+    assert status["hit_rate"] == 54 / 104
+    cat.sample(_stats(events_hits=54))
+    assert cat.samples[-1]["events_hits"] == 54
+
+
 def test_samples_are_spaced_and_bounded(tmp_path: Path) -> None:
     cat = Catalog(tmp_path, "peaknet", "r1", sample_interval_s=1.0, max_samples=4)
     kept = [t for t in (0.0, 0.5, 1.0, 1.2, 2.0, 3.0) if cat.sample(_stats(elapsed_s=t))]
@@ -400,6 +410,7 @@ def test_samples_are_spaced_and_bounded(tmp_path: Path) -> None:
         "t": 0.0,
         "events_written": 30,
         "events_filtered": 50,
+        "events_hits": 30,  # stats without it: the hits written
         "events_rejected": 8,
         "q2_depth": 7,
         "credits_in_use": 4,

@@ -16,6 +16,7 @@ def test_a_delivery_holds_its_credit_until_every_kept_event_is_filed():
     assert ledger.free_credits == 1
     assert ledger.dispatched(d) == 1
     assert not ledger.found(d, "found", kept=[0, 2], num_events=3, filtered=1)
+    assert (ledger.events_hits, ledger.events_written) == (2, 0)  # judged, not yet filed
     ledger.submitted(d, writer=1)
     assert ledger.writer_loads(2) == [0, 2]
     assert ledger.filed([(d, 0)]) == []
@@ -26,6 +27,7 @@ def test_a_delivery_holds_its_credit_until_every_kept_event_is_filed():
     assert ledger.counters() | {"rejections": {}, "last_rejections": []} == ledger.counters()
     c = ledger.counters()
     assert (c["batches_done"], c["events_written"], c["events_filtered"]) == (1, 2, 1)
+    assert c["events_hits"] == 2
     assert len(ledger.latencies) == 1
 
 

@@ -4,7 +4,6 @@ status.json and report, and the PNGs ``python -m cxi_async plot`` draws from tha
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +112,18 @@ def test_hit_rate_over_time_between_samples() -> None:
     assert hit_rate_over_time(samples) == {"t": [1.0, 3.0, 5.0], "hit_rate": [0.75, None, 0.25]}
 
 
+def test_hit_rate_over_time_counts_hits_when_judged_not_when_written() -> None:
+    """A batch of 4 hits and 1 miss judged in (0, 2] s is written in (2, 4] s: its hits
+    count in the first interval, with its miss, and the second is not a false 0 %."""
+    samples = [
+        {"t": 0.0, "events_hits": 0, "events_written": 0, "events_filtered": 0},
+        {"t": 2.0, "events_hits": 4, "events_written": 0, "events_filtered": 1},
+        {"t": 4.0, "events_hits": 4, "events_written": 4, "events_filtered": 1},
+        {"t": 6.0, "events_hits": 7, "events_written": 4, "events_filtered": 2},
+    ]
+    assert hit_rate_over_time(samples) == {"t": [1.0, 3.0, 5.0], "hit_rate": [0.8, None, 0.75]}
+
+
 @pytest.mark.usefixtures("ray_session")
 async def test_a_real_run_reports_and_plots(make_config, tmp_path) -> None:
     """Lattice stills through the rotated ePix10k2M: status.json and the report hold the
@@ -161,7 +172,14 @@ async def test_a_real_run_reports_and_plots(make_config, tmp_path) -> None:
         image = matplotlib.image.imread(png)
         assert image.shape[0] > 300 and image.shape[1] > 500
         assert image[..., :3].std() > 0.05  # not a blank canvas
-    assert not math.isnan(section["hit_rate_over_time"]["hit_rate"][-1] or 0.0)
+    # Every batch holds a hit, and an interval's events are whole batches (a finder judges a
+    # batch at once): no interval with judged events is at 0 %, and the hits add up.
+    assert all(any(t.kept for t in b.truth) for b in truth_for(config).values())
+    rates = section["hit_rate_over_time"]["hit_rate"]
+    assert any(r is not None for r in rates)
+    assert all(r is None or 0 < r <= 1 for r in rates), rates
+    assert report["samples"][-1]["events_hits"] == len(kept)
+    assert report["final"]["hit_rate"] == pytest.approx(len(kept) / 8)
 
 
 def test_plot_says_what_is_missing(tmp_path, capsys) -> None:

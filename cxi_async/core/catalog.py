@@ -99,8 +99,9 @@ def event_lines(path: str, n_events: int) -> str:
 def hit_rate(kept: int, filtered: int) -> float | None:
     """Kept / (kept + filtered); None before any event was judged.
 
-    Events still in flight and rejected events are neither hits nor misses, so the rate is
-    unbiased while running (kept / seen would lag by the events in flight).
+    Events still in flight and rejected events are neither hits nor misses. While running,
+    pass the hits as judged (``events_hits``), counted when ``events_filtered`` is: the
+    events written lag them by the hits in open files, and would bias the rate low.
     """
     judged = kept + filtered
     return kept / judged if judged > 0 else None
@@ -537,6 +538,7 @@ class Catalog:
             "t": t,
             "events_written": int(stats.get("events_written", 0)),
             "events_filtered": int(stats.get("events_filtered", 0)),
+            "events_hits": int(stats.get("events_hits", stats.get("events_written", 0))),
             "events_rejected": int(stats.get("events_rejected", 0)),
             "q2_depth": stats.get("q2_depth"),
             "credits_in_use": stats.get("credits_in_use"),
@@ -550,6 +552,7 @@ class Catalog:
         now = time.time()
         kept = int(stats.get("events_written", 0))
         filtered = int(stats.get("events_filtered", 0))
+        hits = int(stats.get("events_hits", kept))  # judged hits, written or not yet
         elapsed = float(stats.get("elapsed_s", 0.0))
         processed = _processed(stats)
         with self._lock:
@@ -578,7 +581,7 @@ class Catalog:
             "events_abandoned": int(stats.get("events_abandoned", 0)),
             "events_doubled": int(stats.get("events_doubled", 0)),
             "events_without_image": int(stats.get("events_without_image", 0)),
-            "hit_rate": hit_rate(kept, filtered),
+            "hit_rate": hit_rate(hits, filtered),
             "files": int(stats.get("files", 0)),
             "files_listed": listed,
             "bytes_written": int(stats.get("bytes_written", 0)),
@@ -605,8 +608,9 @@ class Catalog:
         """Replace status.json from the coordinator's ``stats`` dict; returns what was written.
 
         ``state`` is running / stopping / stopped (``finished``); ``events_kept`` is
-        ``events_written``; ``hit_rate`` is :func:`hit_rate` (null before any event was
-        judged); ``events_per_s`` is the coordinator's mean since the start and
+        ``events_written``; ``hit_rate`` is :func:`hit_rate` of the judged hits
+        (``events_hits``) and the filtered events (null before any event was judged);
+        ``events_per_s`` is the coordinator's mean since the start and
         ``events_per_s_recent`` the processed (kept + filtered + rejected) events per second
         since the previous call; times are ISO 8601 UTC plus ``*_unix`` seconds.
         """

@@ -64,6 +64,9 @@ class Ledger:
     events_seen: int = 0  # events of deliveries a finder read
     events_written: int = 0
     events_filtered: int = 0
+    # Hits as a finder judged them, counted with events_filtered (events_written only grows
+    # when a file is renamed): the hit rate over time divides these two.
+    events_hits: int = 0
     events_rejected: int = 0
     events_abandoned: int = 0  # kept events of deliveries abandoned by a stop
     events_doubled: int = 0  # filed again in a second file (a writer lost after a rename)
@@ -141,6 +144,7 @@ class Ledger:
         entry.filtered = filtered
         self.events_seen += num_events
         self.events_filtered += filtered
+        self.events_hits += len(entry.unfiled)
         self.peaks_truncated += truncated_peaks
         if entry.unfiled:
             return False
@@ -256,6 +260,7 @@ class Ledger:
             "events_seen": self.events_seen,
             "events_written": self.events_written,
             "events_filtered": self.events_filtered,
+            "events_hits": self.events_hits,
             "events_rejected": self.events_rejected,
             "events_abandoned": self.events_abandoned,
             "events_doubled": self.events_doubled,

@@ -210,11 +210,18 @@ def live_fields(writers: Any) -> dict[str, Any]:
 
 
 def hit_rate_over_time(samples: Sequence[Mapping[str, Any]]) -> dict[str, list[float | None]]:
-    """Kept / judged events between consecutive samples, at the interval midpoints."""
+    """Hits / judged events between consecutive samples, at the interval midpoints.
+
+    Hits are ``events_hits``, counted when a finder judges them as ``events_filtered`` is:
+    ``events_written`` grows only when a file is renamed, so between two samples it can miss
+    hits already judged and draw a false 0 %. Samples of older reports lack ``events_hits``
+    and fall back to it.
+    """
     t: list[float | None] = []
     rate: list[float | None] = []
+    key = "events_hits" if all("events_hits" in s for s in samples) else "events_written"
     for a, b in itertools.pairwise(samples):
-        kept = b["events_written"] - a["events_written"]
+        kept = b[key] - a[key]
         judged = kept + b["events_filtered"] - a["events_filtered"]
         if b["t"] <= a["t"]:
             continue
