@@ -139,6 +139,8 @@ async def test_indexamajig_indexes_the_lattice_replay(make_config, geom_name, mu
     report(geom_name, verdict)
     assert verdict.problems == []
     assert verdict.indexed_fraction >= 0.9
+    shifted_panels = {f"p1a{i}" for i in range(4)} if mutation == "panel" else set()
+    assert shifted_panels <= set(verdict.panel_offsets_px)  # the shift below can show there
 
     if mutation == "clen":  # 5 % longer camera: every spot maps to the wrong q
         bad = mutate(geom, out, "clen.geom", r"^clen = (\S+)$", lambda m: "clen = 0.105")
@@ -156,3 +158,11 @@ async def test_indexamajig_indexes_the_lattice_replay(make_config, geom_name, mu
     report(f"{geom_name}, {mutation} corrupted", broken)
     print("\n".join(broken.problems))
     assert broken.problems, f"indexing through {bad.name} was judged correct"
+    # Caught for the geometry's sake, not for some other noise (stderr, unread frames).
+    if mutation == "clen":
+        assert any(
+            k in p for p in broken.problems for k in ("hits indexed", "median cell", "orientat")
+        ), broken.problems
+    else:
+        off = {p for p, v in broken.panel_offsets_px.items() if not v < 1.0}
+        assert off & shifted_panels or broken.indexed < MUTATION_FRAMES, broken.problems
