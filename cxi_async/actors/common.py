@@ -9,6 +9,7 @@ import time
 import warnings
 from typing import Any
 
+import anyio
 import ray.exceptions
 
 from cxi_async.config import Config
@@ -44,6 +45,22 @@ def setup_actor_logging(config: Config) -> None:
 async def awaited(ref: Any) -> Any:
     """A coroutine of an ObjectRef, for asyncio.wait_for / gather, which want coroutines."""
     return await ref
+
+
+class Wakeup:
+    """Wake every task waiting for a change (a free slot, a free credit).
+
+    A waiter takes `event` *before* it checks its condition and waits on that event; `notify`
+    sets it and starts a new one. So a change between the check and the wait still wakes it,
+    and no event is set twice.
+    """
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+
+    def notify(self) -> None:
+        event, self.event = self.event, anyio.Event()
+        event.set()
 
 
 def is_actor_death(exc: BaseException) -> bool:

@@ -27,22 +27,22 @@ import msgspec
 import ray
 
 from cxi_async.actors.autoscaler import Autoscaler
-from cxi_async.actors.common import is_actor_death, setup_actor_logging
+from cxi_async.actors.common import Wakeup, is_actor_death, setup_actor_logging
 from cxi_async.actors.crew import Crew
 from cxi_async.actors.finder_slots import FinderSlots
 from cxi_async.actors.intake import Intake
-from cxi_async.actors.publishing import Publisher, actor_stats, compose_stats, written_files
+from cxi_async.actors.publishing import Publisher, written_files
+from cxi_async.actors.supervision import Supervisor
 from cxi_async.config import Config
 from cxi_async.core.autoscale import PoolPolicy, credits_shortfall
 from cxi_async.core.errors import one_line
 from cxi_async.core.finding import load_slab_layout
 from cxi_async.core.idle import IdleWatch
 from cxi_async.core.ledger import Ledger, LedgerError
-from cxi_async.core.messages import Delivery, FileDone, FinderResult, Found, Notice, Rejected
+from cxi_async.core.messages import Delivery, FileDone, FinderResult, Found, Rejected
 
 log = logging.getLogger(__name__)
 
-HEALTH_INTERVAL_S = 1.0
 MAX_ATTEMPTS = 3  # a batch that kills this many finders is rejected
 LINGER_S = 30.0  # a stopped coordinator exits this long after its stop
 
@@ -66,6 +66,7 @@ class Coordinator:
             config.queue.name,
         )
         self.publisher = Publisher(config, output_dir, run_label, self.started_mono)
+        self.supervisor = Supervisor(self)
         self.intake: Intake | None = None
         self.crew: Crew | None = None
         self.slots: FinderSlots | None = None
@@ -73,13 +74,12 @@ class Coordinator:
         self.life: asyncio.Task | None = None  # the one root task: its group holds the rest
         self.group: Any = None  # the task group of the actor's life (made in start)
         self.intake_scope: anyio.CancelScope | None = None
-        self.credit_freed: anyio.Event | None = None
+        self.credit_freed = Wakeup()
         self.finished: anyio.Event | None = None
         self.stopping = False
         self.shutting_down = False
         self.stop_reason: str | None = None
         self.final: dict | None = None
-        self.said: set[str] = set()  # kinds of notice already logged this run
         self.producer: Any = None  # the replay producer, owned here: it outlives the driver
         self.replay_report: Any = None
 
@@ -88,7 +88,7 @@ class Coordinator:
     async def start(self) -> dict:
         """Connect to Q2, start the writers and finders, and start draining."""
         cfg = self.config
-        self.credit_freed, self.finished = anyio.Event(), anyio.Event()
+        self.finished = anyio.Event()
         layout = load_slab_layout(cfg)
         await self.publisher.adopt_unlisted_files()
         self.intake = await Intake.connect(cfg)
@@ -123,7 +123,7 @@ class Coordinator:
         async with anyio.create_task_group() as group:
             self.group = group
             group.start_soon(self._intake_loop)
-            group.start_soon(self._health_loop)
+            group.start_soon(self.supervisor.run)
             ready.set()
             assert self.finished is not None
             await self.finished.wait()
@@ -226,12 +226,12 @@ class Coordinator:
     # ------------------------------------------------------------------ intake
 
     async def _intake_loop(self) -> None:
-        assert self.intake is not None and self.credit_freed is not None
+        assert self.intake is not None
         limit = self.config.stop.max_batches
         with anyio.CancelScope() as self.intake_scope:
             while not self.stopping:
                 while self.ledger.free_credits <= 0:
-                    await self.credit_freed.wait()
+                    await self.credit_freed.event.wait()
                 shard = await self.intake.next_shard(self._empty_poll)
                 if self.ledger.free_credits <= 0:  # the pool shrank (and its credits) meanwhile
                     continue
@@ -272,7 +272,7 @@ class Coordinator:
         try:
             result = await self._find(delivery)
             del delivery  # the item's ref: the logits may leave the object store
-            self._say(getattr(result, "notices", []))
+            self.publisher.say_once(getattr(result, "notices", []))
             if isinstance(result, Found):
                 self.publisher.metrics.observe_find(result.find_seconds)
                 if self.autoscaler is not None:
@@ -280,7 +280,7 @@ class Coordinator:
                 kept = [e.event_index for e in result.kept]
                 args = (result.num_events, result.filtered, result.truncated_peaks)
                 if not self.ledger.found(delivery_id, result, kept, *args):
-                    await self._file(delivery_id)
+                    await self.file(delivery_id)
             elif isinstance(result, Rejected):
                 self.ledger.rejected(delivery_id, result.num_events, result.reason, result.batch_id)
             else:
@@ -292,7 +292,7 @@ class Coordinator:
             log.exception("delivery %d: unexpected error", delivery_id)
             reason = "coordinator error: " + one_line(exc, named=True)
             self.ledger.rejected(delivery_id, 0, reason, "")
-        self._credit_maybe_freed()
+        self.credit_maybe_freed()
 
     async def _find(self, delivery: Delivery) -> FinderResult:
         """Send the delivery to free finders until one answers; a dead finder is replaced."""
@@ -308,7 +308,7 @@ class Coordinator:
                 if not is_actor_death(exc):
                     reason = "finder error: " + one_line(exc, "last", named=True)
                     return Rejected(delivery_id, f"delivery {delivery_id}", 0, reason)
-                self._finder_died(index, finder)
+                self.supervisor.finder_died(index, finder)
                 if attempts >= MAX_ATTEMPTS:
                     reason = f"the batch was being processed when {attempts} finders died"
                     return Rejected(delivery_id, f"delivery {delivery_id}", 0, reason)
@@ -318,7 +318,7 @@ class Coordinator:
             finally:
                 self.slots.release(index)
 
-    async def _file(self, delivery_id: int) -> None:
+    async def file(self, delivery_id: int) -> None:
         """Submit the delivery's unfiled events to the least-loaded writer. If that writer
         dies, the health check hands them to its replacement (the ledger says what)."""
         assert self.crew is not None
@@ -341,74 +341,22 @@ class Coordinator:
             log.error("delivery %d: %s", delivery_id, refusal)
         if refusal is not None:
             self.ledger.refused(delivery_id, refusal)
-            self._credit_maybe_freed()
+            self.credit_maybe_freed()
 
     async def file_done(self, done: FileDone) -> None:
         """A writer renamed a file: its events are written; list the file."""
         self.ledger.filed(done.events)
-        self._credit_maybe_freed()
+        self.credit_maybe_freed()
         await self.publisher.file_done(done)
 
     def _on_done(self, latency: float, rejected: bool) -> None:
         self.publisher.metrics.observe_latency(latency)
         self.publisher.recent.add(rejected)
 
-    def _credit_maybe_freed(self) -> None:
-        """Wake the intake if a credit is free (each wake-up uses a new event)."""
-        if self.credit_freed is not None and self.ledger.free_credits > 0:
-            freed, self.credit_freed = self.credit_freed, anyio.Event()
-            freed.set()
-
-    def _say(self, notices: list[Notice]) -> None:
-        """Log each kind of metadata notice once per run (the finders send every one)."""
-        for kind, level, text in notices:
-            if kind not in self.said:
-                self.said.add(kind)
-                log.log(logging.INFO if level == "info" else logging.WARNING, "%s", text)
-
-    # ------------------------------------------------------------------ health
-
-    async def _health_loop(self) -> None:
-        """Every second: publish, watch Q2, replace dead actors and re-submit what they held."""
-        while True:
-            await anyio.sleep(HEALTH_INTERVAL_S)
-            try:
-                await self._check_health()
-            except Exception:  # e.g. no node can hold a replacement now: try again later
-                log.exception("health check failed; retrying in %.0f s", HEALTH_INTERVAL_S)
-
-    async def _check_health(self) -> None:
-        assert self.crew is not None and self.intake is not None
-        depth = await self.publisher.watch_q2_full(self.intake.shards)
-        if depth is not None:
-            self.intake.depth = depth
-        finders = self._answering_finders()
-        writers = list(enumerate(self.crew.writers))
-        finder_stats, writer_stats = await self._actor_stats(finders, writers)
-        stats = compose_stats(self, finder_stats, writer_stats)
-        await self.publisher.publish(stats)
-        if self.autoscaler is not None and not self.stopping:
-            await self.autoscaler.tick(depth, finder_stats, self.group)
-            self._credit_maybe_freed()
-        # The stats calls are the liveness check: an actor whose call died is gone.
-        for (index, handle), reply in zip(writers, writer_stats, strict=True):
-            if reply.get("gone") and self.crew.writers[index] is handle:
-                lost = self.ledger.writer_lost(index)  # before the new one can be given any
-                self.crew.replace_writer(index)
-                for delivery_id in lost:
-                    self.group.start_soon(self._file, delivery_id)
-        for (index, handle), reply in zip(finders, finder_stats, strict=True):
-            if reply.get("gone") and not (self.stopping and not self.ledger.in_flight):
-                self._finder_died(index, handle)
-
-    def _finder_died(self, index: int, handle: Any) -> None:
-        """Replace a dead finder, unless the pool was letting it go anyway."""
-        assert self.crew is not None and self.slots is not None
-        if self.slots.is_retiring(index):
-            self.crew.remove_finder(index)
-            self.slots.gone(index)
-        else:
-            self.crew.replace_finder(index, handle)
+    def credit_maybe_freed(self) -> None:
+        """Wake the intake if a credit is free."""
+        if self.ledger.free_credits > 0:
+            self.credit_freed.notify()
 
     # ------------------------------------------------------------------ introspection
 
@@ -426,26 +374,4 @@ class Coordinator:
 
     async def stats(self) -> dict:
         """Counts, queue depths and rates; the ledger's identities hold at every read."""
-        finder_stats, writer_stats = await self._actor_stats(
-            self._answering_finders(), list(enumerate(self.crew.writers if self.crew else []))
-        )
-        return compose_stats(self, finder_stats, writer_stats)
-
-    @staticmethod
-    async def _actor_stats(
-        finders: list[tuple[int, Any]], writers: list[tuple[int, Any]]
-    ) -> tuple[list[dict], list[dict]]:
-        replies = await actor_stats([h for _, h in finders] + [h for _, h in writers])
-        return replies[: len(finders)], replies[len(finders) :]
-
-    def _answering_finders(self) -> list[tuple[int, Any]]:
-        """(index, handle) of the finders past their start (a starting one would hold the
-        stats up for seconds)."""
-        if self.crew is None or self.slots is None:
-            return []
-        state = self.slots.state
-        return [
-            (i, f)
-            for i, f in enumerate(self.crew.finders)
-            if f is not None and (i >= len(state) or state[i] != "starting")
-        ]
+        return await self.supervisor.stats()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-import anyio
+from cxi_async.actors.common import Wakeup
 
 State = Literal["starting", "active", "retiring", "gone"]
 
@@ -23,12 +23,12 @@ class FinderSlots:
         self.slots = slots
         self.busy = [0] * num_finders
         self.state: list[State] = ["active"] * num_finders
-        self.freed = anyio.Event()
+        self.freed = Wakeup()
 
     async def acquire(self) -> int:
         """The index of the least busy active finder with a free slot, once there is one."""
         while True:
-            freed = self.freed  # taken before the check: a release after it sets this one
+            freed = self.freed.event  # taken before the check: a release after it sets this one
             free = [
                 i for i, n in enumerate(self.busy) if n < self.slots and self.state[i] == "active"
             ]
@@ -40,12 +40,7 @@ class FinderSlots:
 
     def release(self, index: int) -> None:
         self.busy[index] -= 1
-        self._notify()
-
-    def _notify(self) -> None:
-        """Wake every waiter: set this generation's event, start the next one."""
-        freed, self.freed = self.freed, anyio.Event()
-        freed.set()
+        self.freed.notify()
 
     def add_starting(self) -> int:
         """An index for a new finder (a gone one first), not given work until `activate`."""
@@ -60,7 +55,7 @@ class FinderSlots:
 
     def activate(self, index: int) -> None:
         self.state[index] = "active"
-        self._notify()
+        self.freed.notify()
 
     def retire(self, index: int) -> None:
         self.state[index] = "retiring"

@@ -20,7 +20,7 @@ from cxi_async.actors.common import awaited, is_actor_death
 from cxi_async.config import Config, config_to_dict
 from cxi_async.core import alarms, cxi
 from cxi_async.core.catalog import Catalog, CatalogError
-from cxi_async.core.messages import FileDone
+from cxi_async.core.messages import FileDone, Notice
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,14 @@ class Publisher:
         self.no_data = alarms.NoDataClock(config.queue.warn_no_data_s, started)
         self.recent = alarms.RejectionWindow()
         self.no_data_warning: str | None = None
+        self.said: set[str] = set()  # kinds of notice already logged this run
+
+    def say_once(self, notices: list[Notice]) -> None:
+        """Log each kind of metadata notice once per run (the finders send every one)."""
+        for kind, level, text in notices:
+            if kind not in self.said:
+                self.said.add(kind)
+                log.log(logging.INFO if level == "info" else logging.WARNING, "%s", text)
 
     async def adopt_unlisted_files(self) -> None:
         await asyncio.to_thread(self._adopt_unlisted_files)
