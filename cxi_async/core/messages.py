@@ -69,6 +69,41 @@ class Found(msgspec.Struct, tag=True):
     notices: list[Notice] = []
     find_seconds: float = 0.0
 
+    def __reduce__(self) -> tuple:
+        """Pickle the kept events as one msgpack blob. Their ~6 small arrays per event cost
+        Ray's pickler ~10x more than this (bench/bench_messages.py), and every Found passes
+        through the coordinator twice (finder -> coordinator -> writer)."""
+        fields = {name: getattr(self, name) for name in self.__struct_fields__ if name != "kept"}
+        return (_found_from_wire, (_EVENTS_ENCODER.encode(self.kept), fields))
+
+
+def _found_from_wire(kept: bytes, fields: dict[str, Any]) -> Found:
+    return Found(kept=_EVENTS_DECODER.decode(kept), **fields)
+
+
+def _array_to_ext(obj: Any) -> msgspec.msgpack.Ext:
+    """A 1-D numpy array as (dtype, raw bytes); anything else cannot be in an EventPeaks."""
+    if isinstance(obj, np.ndarray) and obj.ndim == 1:
+        return msgspec.msgpack.Ext(1, obj.dtype.str.encode() + b"\0" + obj.tobytes())
+    raise TypeError(f"EventPeaks holds a {type(obj).__name__}, not a 1-D numpy array")
+
+
+def _ext_to_array(code: int, data: memoryview) -> np.ndarray:
+    dtype, _, raw = bytes(data).partition(b"\0")
+    return np.frombuffer(raw, np.dtype(dtype.decode()))
+
+
+def _array_as_is(kind: type, obj: Any) -> Any:
+    if kind is np.ndarray and isinstance(obj, np.ndarray):
+        return obj
+    raise TypeError(f"expected {kind.__name__}, got {type(obj).__name__}")
+
+
+_EVENTS_ENCODER = msgspec.msgpack.Encoder(enc_hook=_array_to_ext)
+_EVENTS_DECODER = msgspec.msgpack.Decoder(
+    list[EventPeaks], ext_hook=_ext_to_array, dec_hook=_array_as_is
+)
+
 
 class Rejected(msgspec.Struct, tag=True):
     """The whole batch is rejected; `reason` is the one sentence the log and stats show."""
