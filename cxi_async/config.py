@@ -95,7 +95,7 @@ class QueueConfig(_Section):
     # assembled image per event): the real size (None: the geometry's single panel, or no
     # padding) and where the padding is ("center": floor(dH/2) rows on top, as lclstreamer).
     unpadded_shape: Shape2 | None = None
-    pad_style: Literal["bottom-right", "center"] = "bottom-right"
+    pad_style: Literal["bottom-right", "center"] = "center"  # lclstreamer's default
     warn_no_data_s: Seconds = 60.0  # warn once when no batch arrived this long (from start or last)
 
 

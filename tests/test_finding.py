@@ -188,6 +188,27 @@ def test_kept_events_equal_truth_with_a_geometry_file(batch, side_by_side):
     assert res.filtered == 1
 
 
+@pytest.mark.parametrize(
+    ("style", "overrides", "offset"),
+    [
+        ("center", (), ((48 - H0) // 2, (48 - W0) // 2)),
+        ("bottom-right", ("queue.pad_style=bottom-right",), (0, 0)),
+    ],
+)
+def test_assembled_image_of_a_one_panel_geometry(tmp_path, style, overrides, offset):
+    """lclstreamer pads its assembled image in the centre unless told otherwise, and so does
+    cxi_async's default; the geometry's one panel gives the real size. The decoy peaks in
+    the padding are not found."""
+    spec = dataclasses.replace(SPEC, num_panels=1, layout="assembled", pad_style=style)
+    assembled = make_batch(spec, INDEX)
+    assert assembled.preprocessing_metadata is None
+    path = tmp_path / "one.geom"
+    path.write_text(geom_text({"p0": (0, H0 - 1, 0, W0 - 1)}))
+    res, _, _ = run(assembled, config(f"geometry.geom_file='{path}'", *overrides))
+    assert isinstance(res, Found) and res.pad_offset == offset
+    assert_matches_truth(res, assembled, *stacked(1))
+
+
 @pytest.fixture(scope="module")
 def epix_batch() -> SyntheticBatch:
     spec = SyntheticSpec(
