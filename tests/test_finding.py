@@ -413,6 +413,21 @@ def test_missing_energy_falls_back_to_the_output_setting(batch, fallback):
     assert [e.timestamp for e in res.kept] == [t.timestamp for t in kept_truth(batch)]
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"), [((), 9500.0), (("output.photon_energy_ev=7000",), 7000.0)]
+)
+def test_missing_energy_falls_back_to_the_geometrys_literal_energy(
+    batch, side_by_side, overrides, expected
+):
+    """No energy in the metadata: the geometry's ``photon_energy = 9.5 keV`` is used, unless
+    output.photon_energy_ev says otherwise; CrystFEL can index the frames, so no warning."""
+    side_by_side.write_text("photon_energy = 9.5 keV\n" + side_by_side.read_text())
+    cfg = config(f"geometry.geom_file='{side_by_side}'", *overrides)
+    res, _, _ = run(batch, cfg, metadata={"timestamp": batch.metadata["timestamp"]})
+    assert [e.photon_energy_ev for e in res.kept] == [expected, expected]
+    assert "no-energy" not in [kind for kind, _, _ in res.notices]
+
+
 def test_unusable_energy_of_one_event_falls_back_for_that_event(batch):
     wavelength = np.array(batch.metadata["photon_wavelength"], dtype=np.float64)
     wavelength[1] = -1.0
