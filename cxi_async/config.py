@@ -95,7 +95,7 @@ class QueueConfig(_Section):
     # assembled image per event): the real size (None: the geometry's single panel, or no
     # padding) and where the padding is ("center": floor(dH/2) rows on top, as lclstreamer).
     unpadded_shape: Shape2 | None = None
-    pad_style: Literal["bottom-right", "center"] = "bottom-right"
+    pad_style: Literal["bottom-right", "center"] = "center"  # lclstreamer's default
     warn_no_data_s: Seconds = 60.0  # warn once when no batch arrived this long (from start or last)
 
 
@@ -216,7 +216,7 @@ class ReplayConfig(_Section):
     zero_copy: bool = True  # set RAY_ENABLE_ZERO_COPY_TORCH_TENSORS in producer and shards
     num_panels: Count = 16  # panels per event (C)
     panel_shape: Shape2 = (352, 384)  # real pixels per panel (H_orig, W_orig)
-    padded_shape: Shape2 = (512, 512)  # model input size (H, W), padding bottom-right
+    padded_shape: Shape2 = (512, 512)  # model input (H, W): bottom-right, assembled: pad_style
     peaks_per_event: NonNegInt = 100  # peaks drawn in a hit event
     hit_fraction: Fraction = 0.8  # fraction of events with enough peaks to be kept
     producer_rate_hz: Positive | None = None  # events/s put; None: as fast as Q2 takes them

@@ -188,6 +188,27 @@ def test_kept_events_equal_truth_with_a_geometry_file(batch, side_by_side):
     assert res.filtered == 1
 
 
+@pytest.mark.parametrize(
+    ("style", "overrides", "offset"),
+    [
+        ("center", (), ((48 - H0) // 2, (48 - W0) // 2)),
+        ("bottom-right", ("queue.pad_style=bottom-right",), (0, 0)),
+    ],
+)
+def test_assembled_image_of_a_one_panel_geometry(tmp_path, style, overrides, offset):
+    """lclstreamer pads its assembled image in the centre unless told otherwise, and so does
+    cxi_async's default; the geometry's one panel gives the real size. The decoy peaks in
+    the padding are not found."""
+    spec = dataclasses.replace(SPEC, num_panels=1, layout="assembled", pad_style=style)
+    assembled = make_batch(spec, INDEX)
+    assert assembled.preprocessing_metadata is None
+    path = tmp_path / "one.geom"
+    path.write_text(geom_text({"p0": (0, H0 - 1, 0, W0 - 1)}))
+    res, _, _ = run(assembled, config(f"geometry.geom_file='{path}'", *overrides))
+    assert isinstance(res, Found) and res.pad_offset == offset
+    assert_matches_truth(res, assembled, *stacked(1))
+
+
 @pytest.fixture(scope="module")
 def epix_batch() -> SyntheticBatch:
     spec = SyntheticSpec(
@@ -390,6 +411,21 @@ def test_missing_energy_falls_back_to_the_output_setting(batch, fallback):
         assert energies == [fallback, fallback]
         assert "no-energy" not in kinds
     assert [e.timestamp for e in res.kept] == [t.timestamp for t in kept_truth(batch)]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"), [((), 9500.0), (("output.photon_energy_ev=7000",), 7000.0)]
+)
+def test_missing_energy_falls_back_to_the_geometrys_literal_energy(
+    batch, side_by_side, overrides, expected
+):
+    """No energy in the metadata: the geometry's ``photon_energy = 9.5 keV`` is used, unless
+    output.photon_energy_ev says otherwise; CrystFEL can index the frames, so no warning."""
+    side_by_side.write_text("photon_energy = 9.5 keV\n" + side_by_side.read_text())
+    cfg = config(f"geometry.geom_file='{side_by_side}'", *overrides)
+    res, _, _ = run(batch, cfg, metadata={"timestamp": batch.metadata["timestamp"]})
+    assert [e.photon_energy_ev for e in res.kept] == [expected, expected]
+    assert "no-energy" not in [kind for kind, _, _ in res.notices]
 
 
 def test_unusable_energy_of_one_event_falls_back_for_that_event(batch):

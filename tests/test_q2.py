@@ -302,6 +302,15 @@ def test_assembled_centre_padded_layout():
     assert "(8, 4)" in str(err) and "(6, 7)" in str(err)
 
 
+@pytest.mark.parametrize("style", ["center", "bottom-right"])
+def test_preprocessing_metadata_is_bottom_right_whatever_pad_style_says(style):
+    # queue.pad_style is for lclstreamer's assembled images; the socket path's
+    # preprocessing_metadata always means [b*C + c, :, :H_orig, :W_orig].
+    batch = decode_item(item(), padding=Padding(None, style))
+    assert batch.original_shape == (B, C, H0, W0)
+    assert batch.pad_offset == (0, 0)
+
+
 # ------------------------------------------------------------------ malformed items
 
 

@@ -245,7 +245,7 @@ class Padding:
     """
 
     unpadded_shape: tuple[int, int] | None = None
-    style: Literal["bottom-right", "center"] = "bottom-right"
+    style: Literal["bottom-right", "center"] = "center"
 
     def offset(self, real: tuple[int, int], padded: tuple[int, int]) -> tuple[int, int]:
         if self.style == "bottom-right":
@@ -405,7 +405,13 @@ def decode_item(
         image_ref=getattr(item, "original_image_ref", None),
         meta=meta,
         run=runs,
-        pad_offset=padding.offset(original[2:], (h, w)),
+        # preprocessing_metadata means the upstream's own bottom-right padding, whatever
+        # queue.pad_style says (that is for lclstreamer's assembled images only).
+        pad_offset=(
+            padding.offset(original[2:], (h, w))
+            if getattr(item, "preprocessing_metadata", None) is None
+            else (0, 0)
+        ),
     )
 
 

@@ -132,7 +132,7 @@ class SyntheticSpec:
     events_per_run: int = 0  # > 0: metadata["run"] = 1 + event number // events_per_run
     metadata_style: MetadataStyle = "packed"  # the metadata of which real source (see below)
     layout: Layout = "panels"  # "assembled": one image per event, no preprocessing_metadata
-    pad_style: PadStyle = "bottom-right"  # where an assembled image's padding goes
+    pad_style: PadStyle = "center"  # where an assembled image's padding goes (lclstreamer default)
     pattern: Literal["random", "lattice"] = "random"  # lattice: crystal stills (lattice.py)
     cell: tuple[float, ...] = (79.1, 79.1, 37.9, 90.0, 90.0, 90.0)  # lattice: a b c al be ga
     lattice_type: str = "tetragonal"  # lattice: CrystFEL lattice_type of the cell
