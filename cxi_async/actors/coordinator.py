@@ -105,15 +105,11 @@ class Coordinator:
         ready = anyio.Event()
         self.life = asyncio.get_running_loop().create_task(self._live(ready))  # held: not GC'd
         await ready.wait()
+        crew = self.crew
         log.info(
             "draining %s (%d shards, namespace %s) with %d finders, %d writers, %d credits into %s",
-            cfg.queue.name,
-            len(self.intake.shards),
-            cfg.ray.namespace,
-            len(self.crew.finders),
-            len(self.crew.writers),
-            cfg.processing.credits,
-            self.output_dir,
+            *(cfg.queue.name, len(self.intake.shards), cfg.ray.namespace, len(crew.finders)),
+            *(len(crew.writers), cfg.processing.credits, self.output_dir),
         )
         return {"num_shards": len(self.intake.shards), "output_dir": self.output_dir}
 
@@ -122,7 +118,7 @@ class Coordinator:
         stop, linger so followers can read the final stats, then free the name."""
         async with anyio.create_task_group() as group:
             self.group = group
-            group.start_soon(self._intake_loop)
+            group.start_soon(self.intake.take_while_credits, self)
             group.start_soon(self.supervisor.run)
             ready.set()
             assert self.finished is not None
@@ -223,50 +219,14 @@ class Coordinator:
         """What the replay producer's run() returned (None before it finished)."""
         return self.replay_report
 
-    # ------------------------------------------------------------------ intake
-
-    async def _intake_loop(self) -> None:
-        assert self.intake is not None
-        limit = self.config.stop.max_batches
-        with anyio.CancelScope() as self.intake_scope:
-            while not self.stopping:
-                while self.ledger.free_credits <= 0:
-                    await self.credit_freed.event.wait()
-                shard = await self.intake.next_shard(self._empty_poll)
-                if self.ledger.free_credits <= 0:  # the pool shrank (and its credits) meanwhile
-                    continue
-                delivery_id = self.ledger.take(shard)  # no await from here to start_soon
-                self.idle.taken()
-                delivery = Delivery(delivery_id, [self.intake.get(shard)], shard)
-                self.group.start_soon(self._carry, delivery)
-                if limit is not None and self.ledger.batches_taken >= limit:
-                    self._stop_later(f"took stop.max_batches = {limit} batches")
-
-    def _empty_poll(self, polled_at: float) -> None:
-        taken = self.ledger.batches_taken
-        if self.publisher.no_data_due(taken):
-            self.group.start_soon(self.publisher.warn_no_data, taken)
-        answer = self.idle.empty_poll(
-            polled_at,
-            time.monotonic(),
-            self.ledger.in_flight,
-            taken,
-            self.ledger.all_at_writers,
-        )
-        if answer.close_open_files and self.crew is not None:
-            for writer in self.crew.writers:
-                writer.close_open_file.remote()
-        if answer.stop is not None:
-            self._stop_later(answer.stop)
-
-    def _stop_later(self, reason: str) -> None:
+    def stop_later(self, reason: str) -> None:
         """A stop rule fired inside the actor: stop taking now, drain in the group."""
         if self._begin_stop(reason):
             self.group.start_soon(self._drain)
 
     # ------------------------------------------------------------------ routing
 
-    async def _carry(self, delivery: Delivery) -> None:
+    async def carry(self, delivery: Delivery) -> None:
         """One delivery from its finder to its writer; never raises (the group would stop)."""
         delivery_id = delivery.delivery_id
         try:

@@ -1,9 +1,11 @@
-"""Intake: which Q2 shard to take the next batch from.
+"""Intake: take from Q2 while the coordinator holds credits, and which shard to take from.
 
 The coordinator owns the credits and the ledger; this unit owns the shards. It polls their
 sizes all at once (one round trip per shard, together), serves the shards it knows hold
 batches in turn without polling again until they are used up, backs off while Q2 is empty,
-and reconnects by name to a shard that stopped answering while it drains the others.
+and reconnects by name to a shard that stopped answering while it drains the others. Each
+take is one `get` whose ref goes unopened to a finder (`Coordinator.carry`); each empty poll
+asks the idle rules (`core.idle`) whether to close the open files or stop.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import ray
 
 from cxi_async.actors.common import awaited
@@ -24,6 +27,7 @@ from cxi_async.actors.q2_shard import (
     wrong_namespace_hint,
 )
 from cxi_async.config import Config
+from cxi_async.core.messages import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,37 @@ class Intake:
         self.backoff = FIRST_BACKOFF_S
         self.depth = 0  # Q2 depth at the last poll that every shard answered
         self.dead: dict[int, float] = {}  # shard -> last reconnect attempt
+
+    async def take_while_credits(self, c: Any) -> None:
+        """Take a batch whenever the coordinator `c` has a free credit, until it stops."""
+        limit = self.config.stop.max_batches
+        with anyio.CancelScope() as c.intake_scope:
+            while not c.stopping:
+                while c.ledger.free_credits <= 0:
+                    await c.credit_freed.event.wait()
+                shard = await self.next_shard(lambda polled_at: self._empty_poll(c, polled_at))
+                if c.ledger.free_credits <= 0:  # the pool shrank (and its credits) meanwhile
+                    continue
+                delivery_id = c.ledger.take(shard)  # no await from here to start_soon
+                c.idle.taken()
+                c.group.start_soon(c.carry, Delivery(delivery_id, [self.get(shard)], shard))
+                if limit is not None and c.ledger.batches_taken >= limit:
+                    c.stop_later(f"took stop.max_batches = {limit} batches")
+
+    @staticmethod
+    def _empty_poll(c: Any, polled_at: float) -> None:
+        taken = c.ledger.batches_taken
+        if c.publisher.no_data_due(taken):
+            c.group.start_soon(c.publisher.warn_no_data, taken)
+        ledger = c.ledger
+        answer = c.idle.empty_poll(
+            polled_at, time.monotonic(), ledger.in_flight, taken, ledger.all_at_writers
+        )
+        if answer.close_open_files and c.crew is not None:
+            for writer in c.crew.writers:
+                writer.close_open_file.remote()
+        if answer.stop is not None:
+            c.stop_later(answer.stop)
 
     @classmethod
     async def connect(cls, config: Config) -> Intake:
