@@ -195,15 +195,30 @@ class Pipeline:
 
     async def wait(self) -> dict:
         """Until the pipeline stops by itself (idle, max_batches, replay done); final stats."""
-        final = await self.coordinator.wait_finished.remote()
+        final = await self._final(self.coordinator.wait_finished.remote())
         if self.config.replay.enabled:
-            self.replay_result = await self.coordinator.replay_result.remote()
+            # `python -m cxi_async stop` elsewhere ends the coordinator once it has the final
+            # stats: the replay's report may be gone by then, the run's outcome is not.
+            with contextlib.suppress(ray.exceptions.RayActorError):
+                self.replay_result = await self.coordinator.replay_result.remote()
         return await self._cleanup(final)
 
     async def drain_and_stop(self) -> dict:
         """Stop taking from Q2, finish and flush everything in flight, stop the actors."""
-        final = await self.coordinator.drain_and_stop.remote("asked to drain and stop")
+        final = await self._final(self.coordinator.drain_and_stop.remote("asked to drain and stop"))
         return await self._cleanup(final)
+
+    async def _final(self, call: Any) -> dict:
+        """The final stats a call returns; PipelineError (one sentence) if the coordinator
+        ended first (another command stopped it, or it died)."""
+        try:
+            return await call
+        except ray.exceptions.RayActorError as exc:
+            raise PipelineError(
+                f"the coordinator {coordinator_name(self.config)} ended before this driver had "
+                f"its final stats ({one_line(ray_cause(exc), 'last')}); what it renamed is "
+                f"listed in {self.output_dir}, with status.json and the run report if it wrote one"
+            ) from exc
 
     async def stop(self) -> dict:
         """Stop now; batches in flight are not written (they are counted as abandoned)."""

@@ -13,7 +13,7 @@ from cxi_async import commands
 from cxi_async.__main__ import main as cli_main
 from cxi_async.actors.metrics import PipelineMetrics
 from cxi_async.config import dump_toml, load_config
-from cxi_async.pipeline import Pipeline
+from cxi_async.pipeline import Pipeline, PipelineError
 
 ROOT = Path(__file__).parents[1]
 DATA = Path(__file__).parent / "data"
@@ -280,6 +280,39 @@ async def test_status_and_health_of_a_running_pipeline(make_config, tmp_path, ca
         await pipeline.stop()
 
     assert await run_command("status", str(path)) == 1
+    assert "no cxi_async pipeline for Q2" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("ray_session")
+async def test_a_second_start_follows_the_pipeline_and_stop_drains_it(
+    make_config, tmp_path, capsys
+):
+    """One coordinator per queue and namespace: a second start attaches to it (or is refused
+    without attach), follows it, and sees the end that `stop` from elsewhere brings."""
+    config = endless(make_config)
+    path = tmp_path / "running.toml"
+    path.write_text(dump_toml(config))
+    first = await Pipeline.start(config)
+    try:
+        with pytest.raises(PipelineError, match="is already running in namespace"):
+            await Pipeline.start(config)
+        second = await Pipeline.start(config, attach=True)
+        assert (first.attached, second.attached) == (False, True)
+        assert second.output_dir == first.output_dir
+        pids = [await p.coordinator.pid.remote() for p in (first, second)]
+        assert pids[0] == pids[1], "a second coordinator was started"
+        follower = asyncio.ensure_future(second.wait())
+        await wait_for_files(first)
+        assert await run_command("stop", str(path)) == 0
+    except BaseException:
+        await first.stop()
+        raise
+    assert "cxi_async summary" in capsys.readouterr().out
+    final = await follower  # the follower is not hurt by the stop's end of the coordinator
+    assert final["stop_reason"] == "asked to drain and stop (stop)"
+    assert (final["batches_in_flight"], final["batches_abandoned"]) == (0, 0)
+    assert final["events_written"] > 0
+    assert await run_command("status", str(path)) == 1  # stop freed the name
     assert "no cxi_async pipeline for Q2" in capsys.readouterr().err
 
 
