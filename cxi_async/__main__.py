@@ -100,6 +100,16 @@ async def run(config: Config) -> int:
     except PipelineError as exc:
         print(f"cxi_async: {exc}", file=sys.stderr)
         return EXIT_START
+    if pipeline.final is not None:
+        log.info(
+            "the pipeline for Q2 '%s' in namespace '%s' had already stopped (%s) with no driver "
+            "following it; its summary follows (run again to start a new one)",
+            config.queue.name,
+            config.ray.namespace,
+            pipeline.final.get("stop_reason"),
+        )
+        _print_summary(pipeline.final)
+        return _exit_code(pipeline.final)
     if pipeline.attached:
         log.info(
             "attached to the running pipeline for Q2 '%s' in namespace '%s' (started by "

@@ -135,9 +135,11 @@ class Pipeline:
     ) -> Pipeline:
         """Connect to Ray (or start it), create the actors and start draining Q2.
 
-        The coordinator (coordinator) is a detached named actor: it outlives this driver. When one
+        The coordinator is a detached named actor: it outlives this driver. When one
         is already running for this queue and namespace, ``attach=True`` returns a Pipeline
-        that follows it (``attached``), else PipelineError; one that has stopped is replaced.
+        that follows it (``attached``), else PipelineError. One that stopped with no driver to
+        see it (its driver was killed) is, with ``attach=True``, that end: ``final`` is set, and
+        its name freed for the next start; without, it is replaced.
         """
         if not isinstance(config, Config):
             config = load_config(config, overrides)
@@ -145,7 +147,12 @@ class Pipeline:
         from cxi_async.actors.coordinator import Coordinator
 
         name = coordinator_name(config)
-        running = await _running_coordinator(config)
+        running, final = await _running_coordinator(config, keep_stopped=attach)
+        if final is not None:  # it stopped and no driver saw it: show that end, free the name
+            pipeline = cls(config, running, Path(final["output_dir"]), attached=True)
+            await pipeline._cleanup(final)
+            await _name_freed(config)
+            return pipeline
         if running is not None:
             if not attach:
                 raise PipelineError(
@@ -195,6 +202,8 @@ class Pipeline:
 
     async def wait(self) -> dict:
         """Until the pipeline stops by itself (idle, max_batches, replay done); final stats."""
+        if self.final is not None:  # attached to one that had stopped already
+            return self.final
         final = await self._final(self.coordinator.wait_finished.remote())
         if self.config.replay.enabled:
             # `python -m cxi_async stop` elsewhere ends the coordinator once it has the final
@@ -240,26 +249,39 @@ class Pipeline:
             await self.drain_and_stop()
 
 
-async def _running_coordinator(config: Config) -> Any:
-    """The coordinator of this queue and namespace if one is running; a stopped one is killed
-    (it is only waiting to exit), so its name is free for a new run."""
+async def _running_coordinator(
+    config: Config, keep_stopped: bool = False
+) -> tuple[Any, dict | None]:
+    """(the coordinator of this queue and namespace, or None; its final stats if it stopped).
+
+    A stopped one is only waiting to exit: no driver saw its end (drivers kill the one they
+    follow). With ``keep_stopped`` it is returned with its final stats for a follower to show;
+    otherwise it is killed, so its name is free for a new run.
+    """
     name = coordinator_name(config)
     try:
         coordinator = ray.get_actor(name, namespace=config.ray.namespace)
     except ValueError:
-        return None
+        return None, None
     try:
         final = await coordinator.finished_stats.remote()
     except ray.exceptions.RayActorError:
         final = {}  # dead: its name is about to be free
     if final is None:
-        return coordinator
+        return coordinator, None
+    if final and keep_stopped:
+        return coordinator, final
     with contextlib.suppress(Exception):
         ray.kill(coordinator)
-    for _ in range(100):  # Ray frees the name shortly after the kill
+    await _name_freed(config)
+    return None, None
+
+
+async def _name_freed(config: Config) -> None:
+    """Ray frees a killed actor's name shortly after the kill."""
+    for _ in range(100):
         try:
-            ray.get_actor(name, namespace=config.ray.namespace)
+            ray.get_actor(coordinator_name(config), namespace=config.ray.namespace)
         except ValueError:
-            break
+            return
         await asyncio.sleep(0.1)
-    return None
