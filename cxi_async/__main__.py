@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from cxi_async import __version__
 from cxi_async.commands import add_config_arguments
@@ -99,6 +100,16 @@ async def run(config: Config) -> int:
     except PipelineError as exc:
         print(f"cxi_async: {exc}", file=sys.stderr)
         return EXIT_START
+    if pipeline.final is not None:
+        log.info(
+            "the pipeline for Q2 '%s' in namespace '%s' had already stopped (%s) with no driver "
+            "following it; its summary follows (run again to start a new one)",
+            config.queue.name,
+            config.ray.namespace,
+            pipeline.final.get("stop_reason"),
+        )
+        _print_summary(pipeline.final)
+        return _exit_code(pipeline.final)
     if pipeline.attached:
         log.info(
             "attached to the running pipeline for Q2 '%s' in namespace '%s' (started by "
@@ -111,6 +122,18 @@ async def run(config: Config) -> int:
         log.info("started in %.1f s; writing to %s", time.monotonic() - t0, pipeline.output_dir)
     signals = _SignalState(asyncio.get_running_loop())
     progress = asyncio.get_running_loop().create_task(_progress(pipeline, config))
+    try:
+        return await _follow(pipeline, signals)
+    except PipelineError as exc:  # the coordinator ended before its final stats reached here
+        print(f"cxi_async: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        progress.cancel()
+        signals.restore()
+
+
+async def _follow(pipeline: Any, signals: _SignalState) -> int:
+    """Wait for the end, or drain on the first signal and abort on the second."""
     waiter = asyncio.ensure_future(pipeline.wait())
     try:
         stopper = asyncio.ensure_future(signals.first.wait())
@@ -130,10 +153,8 @@ async def run(config: Config) -> int:
                 final = await pipeline.stop()
                 _print_summary(final)
                 return EXIT_ABORTED
-        waiter.cancel()
     finally:
-        progress.cancel()
-        signals.restore()
+        waiter.cancel()
     _print_summary(final)
     return _exit_code(final)
 

@@ -135,9 +135,11 @@ class Pipeline:
     ) -> Pipeline:
         """Connect to Ray (or start it), create the actors and start draining Q2.
 
-        The coordinator (coordinator) is a detached named actor: it outlives this driver. When one
+        The coordinator is a detached named actor: it outlives this driver. When one
         is already running for this queue and namespace, ``attach=True`` returns a Pipeline
-        that follows it (``attached``), else PipelineError; one that has stopped is replaced.
+        that follows it (``attached``), else PipelineError. One that stopped with no driver to
+        see it (its driver was killed) is, with ``attach=True``, that end: ``final`` is set, and
+        its name freed for the next start; without, it is replaced.
         """
         if not isinstance(config, Config):
             config = load_config(config, overrides)
@@ -145,7 +147,12 @@ class Pipeline:
         from cxi_async.actors.coordinator import Coordinator
 
         name = coordinator_name(config)
-        running = await _running_coordinator(config)
+        running, final = await _running_coordinator(config, keep_stopped=attach)
+        if final is not None:  # it stopped and no driver saw it: show that end, free the name
+            pipeline = cls(config, running, Path(final["output_dir"]), attached=True)
+            await pipeline._cleanup(final)
+            await _name_freed(config)
+            return pipeline
         if running is not None:
             if not attach:
                 raise PipelineError(
@@ -195,15 +202,32 @@ class Pipeline:
 
     async def wait(self) -> dict:
         """Until the pipeline stops by itself (idle, max_batches, replay done); final stats."""
-        final = await self.coordinator.wait_finished.remote()
+        if self.final is not None:  # attached to one that had stopped already
+            return self.final
+        final = await self._final(self.coordinator.wait_finished.remote())
         if self.config.replay.enabled:
-            self.replay_result = await self.coordinator.replay_result.remote()
+            # `python -m cxi_async stop` elsewhere ends the coordinator once it has the final
+            # stats: the replay's report may be gone by then, the run's outcome is not.
+            with contextlib.suppress(ray.exceptions.RayActorError):
+                self.replay_result = await self.coordinator.replay_result.remote()
         return await self._cleanup(final)
 
     async def drain_and_stop(self) -> dict:
         """Stop taking from Q2, finish and flush everything in flight, stop the actors."""
-        final = await self.coordinator.drain_and_stop.remote("asked to drain and stop")
+        final = await self._final(self.coordinator.drain_and_stop.remote("asked to drain and stop"))
         return await self._cleanup(final)
+
+    async def _final(self, call: Any) -> dict:
+        """The final stats a call returns; PipelineError (one sentence) if the coordinator
+        ended first (another command stopped it, or it died)."""
+        try:
+            return await call
+        except ray.exceptions.RayActorError as exc:
+            raise PipelineError(
+                f"the coordinator {coordinator_name(self.config)} ended before this driver had "
+                f"its final stats ({one_line(ray_cause(exc), 'last')}); what it renamed is "
+                f"listed in {self.output_dir}, with status.json and the run report if it wrote one"
+            ) from exc
 
     async def stop(self) -> dict:
         """Stop now; batches in flight are not written (they are counted as abandoned)."""
@@ -225,26 +249,39 @@ class Pipeline:
             await self.drain_and_stop()
 
 
-async def _running_coordinator(config: Config) -> Any:
-    """The coordinator of this queue and namespace if one is running; a stopped one is killed
-    (it is only waiting to exit), so its name is free for a new run."""
+async def _running_coordinator(
+    config: Config, keep_stopped: bool = False
+) -> tuple[Any, dict | None]:
+    """(the coordinator of this queue and namespace, or None; its final stats if it stopped).
+
+    A stopped one is only waiting to exit: no driver saw its end (drivers kill the one they
+    follow). With ``keep_stopped`` it is returned with its final stats for a follower to show;
+    otherwise it is killed, so its name is free for a new run.
+    """
     name = coordinator_name(config)
     try:
         coordinator = ray.get_actor(name, namespace=config.ray.namespace)
     except ValueError:
-        return None
+        return None, None
     try:
         final = await coordinator.finished_stats.remote()
     except ray.exceptions.RayActorError:
         final = {}  # dead: its name is about to be free
     if final is None:
-        return coordinator
+        return coordinator, None
+    if final and keep_stopped:
+        return coordinator, final
     with contextlib.suppress(Exception):
         ray.kill(coordinator)
-    for _ in range(100):  # Ray frees the name shortly after the kill
+    await _name_freed(config)
+    return None, None
+
+
+async def _name_freed(config: Config) -> None:
+    """Ray frees a killed actor's name shortly after the kill."""
+    for _ in range(100):
         try:
-            ray.get_actor(name, namespace=config.ray.namespace)
+            ray.get_actor(coordinator_name(config), namespace=config.ray.namespace)
         except ValueError:
-            break
+            return
         await asyncio.sleep(0.1)
-    return None

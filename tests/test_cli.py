@@ -9,6 +9,7 @@ are marked slow.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -265,6 +266,36 @@ def test_command_help_and_version():
     assert version.stdout.strip() == f"cxi_async {__version__}"
 
 
+async def test_sighup_stops_gracefully_like_sigterm_and_a_second_signal_aborts():
+    """The driver's handler, with real signals: a hang-up asks for the graceful stop (it
+    does not kill the driver), and any second stop signal asks for the abort."""
+    from cxi_async.__main__ import _SignalState
+
+    state = _SignalState(asyncio.get_running_loop())
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)
+        await asyncio.wait_for(state.first.wait(), 30)  # a bound on a hang, not a timing
+        assert (state.name, state.second.is_set()) == ("SIGHUP", False)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(state.second.wait(), 30)
+        assert state.name == "SIGTERM"
+    finally:
+        state.restore()
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+
+
+def test_an_embedded_ray_is_started_with_sighup_ignored():
+    """Ray's processes inherit the disposition: the group's hang-up does not kill them."""
+    from cxi_async.pipeline import _local_ray_ignores_hangup
+
+    before = signal.getsignal(signal.SIGHUP)
+    with _local_ray_ignores_hangup(local=True):
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    assert signal.getsignal(signal.SIGHUP) == before
+    with _local_ray_ignores_hangup(local=False):  # a cluster of its own: nothing to change
+        assert signal.getsignal(signal.SIGHUP) == before
+
+
 @pytest.mark.parametrize(
     ("how", "key"),
     [
@@ -435,7 +466,7 @@ def test_sigterm_during_a_file_write_flushes_and_exits_0(cli, tmp_path):
     )
 
 
-@pytest.mark.slow  # ~45 s; the same handler as SIGTERM, which the default set drills
+@pytest.mark.slow  # ~45 s; the default set drills the handler itself (test_sighup_stops_...)
 def test_sighup_of_a_closed_terminal_flushes_and_exits_0(cli, tmp_path):
     """SIGHUP to the whole process group, as a closed terminal or SSH session sends it."""
     stop_drill(

@@ -8,12 +8,13 @@ import socket
 from pathlib import Path
 
 import pytest
+import ray
 
 from cxi_async import commands
 from cxi_async.__main__ import main as cli_main
 from cxi_async.actors.metrics import PipelineMetrics
 from cxi_async.config import dump_toml, load_config
-from cxi_async.pipeline import Pipeline
+from cxi_async.pipeline import Pipeline, PipelineError, coordinator_name
 
 ROOT = Path(__file__).parents[1]
 DATA = Path(__file__).parent / "data"
@@ -281,6 +282,64 @@ async def test_status_and_health_of_a_running_pipeline(make_config, tmp_path, ca
 
     assert await run_command("status", str(path)) == 1
     assert "no cxi_async pipeline for Q2" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("ray_session")
+async def test_a_second_start_follows_the_pipeline_and_stop_drains_it(
+    make_config, tmp_path, capsys
+):
+    """One coordinator per queue and namespace: a second start attaches to it (or is refused
+    without attach), follows it, and sees the end that `stop` from elsewhere brings."""
+    config = endless(make_config)
+    path = tmp_path / "running.toml"
+    path.write_text(dump_toml(config))
+    first = await Pipeline.start(config)
+    try:
+        with pytest.raises(PipelineError, match="is already running in namespace"):
+            await Pipeline.start(config)
+        second = await Pipeline.start(config, attach=True)
+        assert (first.attached, second.attached) == (False, True)
+        assert second.output_dir == first.output_dir
+        pids = [await p.coordinator.pid.remote() for p in (first, second)]
+        assert pids[0] == pids[1], "a second coordinator was started"
+        follower = asyncio.ensure_future(second.wait())
+        await wait_for_files(first)
+        assert await run_command("stop", str(path)) == 0
+    except BaseException:
+        await first.stop()
+        raise
+    assert "cxi_async summary" in capsys.readouterr().out
+    final = await follower  # the follower is not hurt by the stop's end of the coordinator
+    assert final["stop_reason"] == "asked to drain and stop (stop)"
+    assert (final["batches_in_flight"], final["batches_abandoned"]) == (0, 0)
+    assert final["events_written"] > 0
+    assert await run_command("status", str(path)) == 1  # stop freed the name
+    assert "no cxi_async pipeline for Q2" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("ray_session")
+async def test_a_start_after_an_end_no_driver_saw_shows_that_end(make_config):
+    """The driver was gone when the run ended (its coordinator lingers with the final stats):
+    the same command shows that end instead of starting a second run, then frees the name."""
+    config = make_config("processing.num_finders=1")
+    first = await Pipeline.start(config)  # never waited for: as if its driver was killed
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 180.0  # a bound on waiting, not a timing assertion
+    while (stopped := await first.coordinator.finished_stats.remote()) is None:
+        assert loop.time() < deadline, "the run did not stop by itself"
+        await asyncio.sleep(0.2)
+    files = sorted(first.output_dir.glob("*.cxi"))
+    again = await Pipeline.start(config, attach=True)
+    assert again.attached and again.final is not None
+    assert await again.wait() == again.final
+    assert again.final["stop_reason"] == stopped["stop_reason"] == "replay finished and Q2 drained"
+    assert again.final["batches_taken"] == config.replay.num_batches
+    assert sorted(again.output_dir.glob("*.cxi")) == files  # no second run
+    with pytest.raises(ValueError):  # its name is free
+        ray.get_actor(coordinator_name(config), namespace=config.ray.namespace)
+    third = await Pipeline.start(config, attach=True)  # now a new run
+    assert not third.attached
+    await third.stop()
 
 
 @pytest.mark.slow

@@ -422,3 +422,64 @@ async def test_a_writer_killed_between_accepting_a_result_and_replying(make_conf
     kept, filtered = check_against_truth(events, truth_for(config), panel_height=32)
     assert (final["events_written"], final["events_filtered"]) == (kept, filtered)
     assert len(events) == kept
+
+
+@pytest.mark.parametrize(
+    "policy", ["write_without_image", pytest.param("reject", marks=pytest.mark.slow)]
+)
+async def test_a_split_delivery_whose_second_image_read_fails(make_config, policy):
+    """One delivery over three files: two are renamed, the rest waits in the open file when
+    its writer dies and the image's owner has exited. The replacement's read of the image
+    (the delivery's second) fails: the rest is written without images, or rejected, and the
+    renamed files keep theirs; every kept event is in one file or counted rejected."""
+    config = make_config(
+        "replay.enabled=false",
+        "replay.num_batches=1",
+        "replay.batch_size=8",
+        "replay.hit_fraction=1.0",
+        "processing.num_finders=1",
+        "queue.maxsize_per_shard=4",
+        "output.events_per_file=3",
+        "output.max_file_age_s=600",
+        "output.idle_flush_s=600",
+        "stop.idle_timeout_s=600",
+        f"processing.on_missing_image={policy}",
+    )
+    truth = truth_for(config)
+    kept = sum(t.kept for b in truth.values() for t in b.truth)
+    filed = kept - kept % 3  # in full files; the remainder stays in the open file
+    assert kept % 3 and filed, f"the drill needs a remainder and a full file ({kept} kept)"
+    producer = new_replay_producer(config, num_shards=1)
+    await producer.run.remote()
+    pipeline = await Pipeline.start(config)
+    try:
+        await wait_for(
+            lambda s: s["events_written"] == filed and s["writers"][0].get("pending_events"),
+            pipeline,
+        )
+        ray.kill(producer)  # the owner of the image ref
+        actors = await pipeline.coordinator.actors.remote()
+        ray.kill(actors["writers"][0])  # with the remainder in its open file
+        await wait_for(lambda s: s["replacements"].get("writer", 0) >= 1, pipeline)
+    finally:
+        final = await pipeline.drain_and_stop()
+    assert_books_balance(final)
+    assert (final["batches_in_flight"], final["batches_abandoned"]) == (0, 0)
+    events = read_cxi_files(pipeline.output_dir)  # asserts no event is in two files
+    by_file: dict[Path, int] = {}  # file -> its events written without their image
+    for path in pipeline.output_dir.glob("*.cxi"):
+        with h5py.File(path) as f:
+            by_file[path] = int(f.attrs["images_missing_events"])
+    with_images = [p for p, missing in by_file.items() if missing == 0]
+    assert sum(e["file"] in with_images for e in events.values()) == filed
+    if policy == "reject":
+        assert (final["events_written"], final["events_rejected"]) == (filed, kept - filed)
+        assert len(events) == filed
+        (rejection,) = final["last_rejections"]
+        assert "image is gone" in rejection["reason"]
+        assert rejection["batch_id"] == next(iter(truth))
+    else:
+        assert check_against_truth(events, truth, panel_height=32)[0] == kept == len(events)
+        assert final["events_written"] == kept and final["events_rejected"] == 0
+        assert final["events_without_image"] == kept - filed
+        assert sorted(by_file.values()) == [0] * (len(by_file) - 1) + [kept - filed]

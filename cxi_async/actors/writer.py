@@ -86,7 +86,11 @@ class Writer:
         self.flush_requested = False
         self.close_open = False  # set by close_open_file: the open file is due once
         self.retry_after = 0.0
-        self.files: list[dict] = []
+        self.files_written = 0
+        # Renamed files whose FileDone the coordinator has not answered: what it asks for at
+        # the stop (`written_files`) to list any it missed. Only these: a run of days writes
+        # tens of thousands of files, and keeping them all here would grow without bound.
+        self.unconfirmed: dict[str, dict] = {}
         self.events_written = 0
         self.bytes_written = 0
         self.write_seconds = 0.0
@@ -186,7 +190,7 @@ class Writer:
             "inbox": self._inbox_size(),
             "pending_events": self.assembler.pending_events,
             "open_deliveries": self.assembler.parked_deliveries,
-            "files": len(self.files),
+            "files": self.files_written,
             "events_written": self.events_written,
             "bytes_written": self.bytes_written,
             "write_seconds": self.write_seconds,
@@ -201,7 +205,8 @@ class Writer:
         }
 
     async def written_files(self) -> list[dict]:
-        return list(self.files)
+        """The renamed files the coordinator has not confirmed (it lists the others)."""
+        return list(self.unconfirmed.values())
 
     async def ping(self) -> int:
         return self.index
@@ -274,6 +279,8 @@ class Writer:
             await self.coordinator.file_done.remote(done)
         except Exception as exc:  # the coordinator is gone: the run is over; keep the loop
             log.warning("writer %d could not report %s: %s", self.index, done.path, exc)
+            return
+        self.unconfirmed.pop(done.path, None)  # listed by the coordinator
 
     async def _write(self, batch: FileBatch) -> FileDone | None:
         images = {found.delivery_id: found.image[0] for found, _ in batch.events if found.image}
@@ -441,7 +448,12 @@ class Writer:
             )
             self.failing_since = None
         size = path.stat().st_size
-        self.files.append({"path": str(path), "events": len(batch.events), "bytes": size})
+        self.files_written += 1
+        self.unconfirmed[str(path)] = {
+            "path": str(path),
+            "events": len(batch.events),
+            "bytes": size,
+        }
         self.events_without_image += sum(not found.image for found, _ in batch.events)
         self.events_written += len(batch.events)
         self.bytes_written += size
