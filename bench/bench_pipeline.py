@@ -664,7 +664,7 @@ def print_report(report: dict) -> None:
     )
     print(
         "timed window: Pipeline.start() returned (the coordinator is taking) -> Pipeline.wait() "
-        "returned (every event in a renamed file or filtered, every batch acked); "
+        "returned (every event in a renamed file or filtered, every batch done); "
         "events = written + filtered"
     )
     _print_table(reps)
