@@ -72,20 +72,23 @@ class Supervisor:
         """List the files dead writer `index` renamed but never reported, as their FileDone
         would have: their events are then filed, and not written again. The disk is read
         in a worker thread."""
-        c = self.c
-        out = Path(c.output_dir)
-        self.searching += 1
-        try:
-            files = await asyncio.to_thread(
-                recovery.unreported_files,
-                recovery.run_directories(out, c.config.output.run_from_metadata is not None),
-                c.config.output.file_prefix,
+        c, out = self.c, self.c.config.output
+
+        def search() -> list[tuple[Path, list[tuple[int, int]]]]:
+            dirs = recovery.run_directories(Path(c.output_dir), out.run_from_metadata is not None)
+            return recovery.unreported_files(
+                dirs,
+                out.file_prefix,
                 index,
-                c.config.output.num_writers,
+                out.num_writers,
                 c.started_at,
                 c.run_id,
                 c.publisher.catalog.is_listed,
             )
+
+        self.searching += 1
+        try:
+            files = await asyncio.to_thread(search)
             for path, pairs in files:
                 if str(path) in self.reported or str(path) in self.listing:  # FileDone came
                     continue
