@@ -262,6 +262,7 @@ class DebugConfig(_Section):
     init_delay_s: NonNegSeconds = 0.0  # extra seconds in each finder's and writer's __init__
     fail_init: Literal["", "finder", "writer"] = ""  # every such actor raises in __init__
     reply_delay_s: NonNegSeconds = 0.0  # a writer holds its reply to submit() this long
+    die_after_renames: NonNegInt = 0  # writer 0 exits after this many renames, before FileDone
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

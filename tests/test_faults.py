@@ -483,3 +483,26 @@ async def test_a_split_delivery_whose_second_image_read_fails(make_config, polic
         assert final["events_written"] == kept and final["events_rejected"] == 0
         assert final["events_without_image"] == kept - filed
         assert sorted(by_file.values()) == [0] * (len(by_file) - 1) + [kept - filed]
+
+
+@pytest.mark.slow  # ~24 s; test_recovery holds the search and the ledger to it exactly
+async def test_a_writer_that_dies_between_a_rename_and_its_file_done(make_config):
+    """The renamed file's FileDone never comes: the coordinator finds the file on disk (its
+    recorded delivery ids), lists it and files its events, and re-sends only the rest. Every
+    event is in exactly one file, every file listed once, nothing counted twice."""
+    config = make_config("debug.die_after_renames=1", "replay.num_batches=8")
+    pipeline = await Pipeline.start(config)
+    final = await finish(pipeline)
+    out = pipeline.output_dir
+    assert (out / ".debug_writer_died").exists(), "the drill's writer never died"
+    assert final["replacements"].get("writer", 0) >= 1
+    assert final["events_doubled"] == 0
+    events = read_cxi_files(out)  # asserts no event is in two files
+    kept, filtered = check_against_truth(events, truth_for(config), panel_height=32)
+    assert (final["events_written"], final["events_filtered"]) == (kept, filtered)
+    assert len(events) == kept
+    files = sorted(str(p.resolve()) for p in out.glob("*.cxi"))
+    assert sorted((out / "files.lst").read_text().splitlines()) == files
+    lines = (out / "events.lst").read_text().splitlines()
+    assert len(lines) == len(set(lines)) == kept
+    assert final["files_recovered"] >= 1

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import time
+import uuid
 from typing import Any
 
 import anyio
@@ -57,6 +58,7 @@ class Coordinator:
         self.run_label = run_label
         self.started_at = time.time()
         self.started_mono = time.monotonic()
+        self.run_id = uuid.uuid4().hex  # in every file: its delivery ids are this run's
         self.ledger = Ledger(config.processing.credits, on_done=self._on_done)
         self.idle = IdleWatch(
             config.stop.idle_timeout_s,
@@ -93,7 +95,7 @@ class Coordinator:
         await self.publisher.adopt_unlisted_files()
         self.intake = await Intake.connect(cfg)
         me = ray.get_runtime_context().current_actor
-        self.crew = Crew(cfg, me, layout, self.output_dir, self.run_label)
+        self.crew = Crew(cfg, me, layout, self.output_dir, self.run_label, self.run_id)
         await self.crew.start()
         self.slots = FinderSlots(len(self.crew.finders), cfg.processing.finder_inbox + 1)
         policy = PoolPolicy.from_config(cfg)
@@ -305,9 +307,19 @@ class Coordinator:
 
     async def file_done(self, done: FileDone) -> None:
         """A writer renamed a file: its events are written; list the file."""
-        self.ledger.filed(done.events)
-        self.credit_maybe_freed()
-        await self.publisher.file_done(done)
+        if self.supervisor.first_report(done.path):  # else found on disk, and listed then
+            await self.list_file(done)
+
+    async def list_file(self, done: FileDone) -> None:
+        """A renamed file's events are written (reported, or found on disk): list it."""
+        listing = self.supervisor.listing
+        listing.add(done.path)  # not listed yet in the catalog: a disk search skips it
+        try:
+            self.ledger.filed(done.events)
+            self.credit_maybe_freed()
+            await self.publisher.file_done(done)
+        finally:
+            listing.discard(done.path)
 
     def _on_done(self, latency: float, rejected: bool) -> None:
         self.publisher.metrics.observe_latency(latency)

@@ -36,12 +36,14 @@ class Crew:
         layout: SlabLayout | None,
         output_dir: str,
         run_label: str,
+        run_id: str,
     ) -> None:
         self.config = config
         self.coordinator = coordinator
         self.layout = layout
         self.output_dir = output_dir
         self.run_label = run_label
+        self.run_id = run_id  # written in every file: which delivery ids of which run
         self.finders: list[Any] = []  # by index; None where the pool let a finder go
         self.writers: list[Any] = []
         self.finder_group: Any = None  # placement group of the finders, if configured
@@ -143,6 +145,7 @@ class Crew:
                 self.layout,
                 self.output_dir,
                 self.run_label,
+                self.run_id,
             )
         )
 

@@ -79,7 +79,8 @@ class Publisher:
 
     async def file_done(self, done: FileDone) -> None:
         """List a renamed file in files.lst / events.lst."""
-        self.metrics.observe_write(done.seconds)
+        if done.seconds:  # 0: found on disk after its writer died, never timed
+            self.metrics.observe_write(done.seconds)
         try:
             await asyncio.to_thread(self.catalog.add_file, done.path, len(done.events))
         except CatalogError as exc:
@@ -183,6 +184,7 @@ def compose_stats(coordinator: Any, finders: list[dict], writers: list[dict]) ->
         "finders": finders,
         "writers": writers,
         "replacements": dict(crew.replacements) if crew else {},
+        "files_recovered": c.supervisor.files_recovered,
         "stopping": c.stopping,
         "stop_reason": c.stop_reason,
         "started_at": c.started_at,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 10.0
+DIE_MARKER = ".debug_writer_died"  # debug.die_after_renames: the drill's writer died once
 MAX_CONCURRENT_WRITES = 2  # measured: overlapping one file's fsync with the next file's writes
 
 
@@ -51,6 +53,7 @@ class Writer:
         layout: SlabLayout | None,
         output_dir: str,
         run_label: str,
+        run_id: str,
     ) -> None:
         setup_actor_logging(config)
         debug_init(config, "writer")
@@ -104,6 +107,7 @@ class Writer:
             "geometry_file": (layout.geom_file or "") if layout else "",
             "geometry_sha256": (layout.geom_sha256 or "") if layout else "",
             "batch_id_source": "peaknet-pipeline-ray Q2",
+            cxi.RUN_ID_ATTR: run_id,  # whose delivery ids DELIVERY_PATH holds
             **config.metadata.constants,  # beamline conditions of the run
         }
 
@@ -275,6 +279,7 @@ class Writer:
             self._wake()
         if done is None:
             return
+        self._maybe_die_unreported()
         try:
             await self.coordinator.file_done.remote(done)
         except Exception as exc:  # the coordinator is gone: the run is over; keep the loop
@@ -311,6 +316,20 @@ class Writer:
             log.exception("writer %d: wrote %s but could not count it", self.index, path)
             size = 0
         return FileDone(self.index, str(path), batch.ids, size, seconds)
+
+    def _maybe_die_unreported(self) -> None:
+        """Drill (`debug.die_after_renames`): writer 0 exits between a rename and its
+        FileDone, once per output directory (a marker file keeps its replacement alive)."""
+        n = self.config.debug.die_after_renames
+        if not n or self.index != 0 or self.files_written < n:
+            return
+        marker = self.output_dir / DIE_MARKER
+        try:
+            marker.touch(exist_ok=False)
+        except FileExistsError:
+            return
+        log.warning("debug.die_after_renames = %d: writer 0 exits before its FileDone", n)
+        os._exit(1)
 
     def _write_file(
         self,
@@ -353,6 +372,7 @@ class Writer:
             },
             filtered_events=batch.filtered,
             next_name=next_name,
+            deliveries=batch.ids,
         )
 
     def _write_slab_geom(

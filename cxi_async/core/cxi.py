@@ -60,6 +60,10 @@ DATA_PATH = "/entry_1/data_1/data"
 RESULT_PATH = "/entry_1/result_1"
 PHOTON_ENERGY_PATH = "/LCLS/photon_energy_eV"
 TIMESTAMP_PATH = "/LCLS/detector_1/timestamp"
+# (N, 2) int64 (delivery id, event index) of each frame, and the file attr naming the
+# coordinator run those ids belong to: what lets a coordinator find its own files again.
+DELIVERY_PATH = f"{RESULT_PATH}/cxi_async_delivery"
+RUN_ID_ATTR = "cxi_async_run_id"
 
 DIRECT_ALIGN = 4096  # O_DIRECT: offsets, lengths and buffers aligned to this (>= any block size)
 
@@ -419,6 +423,7 @@ def write_cxi_file(
     attrs: Mapping[str, Any] | None = None,
     filtered_events: int = 0,
     next_name: Callable[[], Path] | None = None,
+    deliveries: Sequence[tuple[int, int]] | None = None,
 ) -> Path:
     """Write ``events`` to ``final_path`` via ``<final_path>.inprogress`` and a rename.
 
@@ -438,6 +443,9 @@ def write_cxi_file(
     writing (disk full, permissions, directory gone, ``fill_frame`` raising) removes the
     ``.inprogress`` file, leaves no ``.cxi`` and raises :class:`CxiWriteError` chained to the
     cause; ``events`` is never modified, so the caller can retry with them.
+
+    ``deliveries`` (one (delivery id, event index) per event) goes to ``DELIVERY_PATH``; with
+    the attr ``RUN_ID_ATTR`` it says which events of which run the file holds.
     """
     final_path = Path(final_path)
     tmp_path = inprogress_path(final_path)
@@ -448,6 +456,11 @@ def write_cxi_file(
         raise ValueError(f"filtered_events must be >= 0, got {filtered_events}")
     attrs = dict(attrs or {})
     _check_attrs(attrs)
+    pairs = None
+    if deliveries is not None:
+        pairs = np.asarray(deliveries, dtype=np.int64).reshape(-1, 2)
+        if pairs.shape[0] != events.n_events:
+            raise ValueError(f"{pairs.shape[0]} deliveries for {events.n_events} events")
     filters = _compression_kwargs(compression)
 
     # O_DIRECT needs whole aligned blocks: every frame size of a real detector is one.
@@ -473,6 +486,8 @@ def write_cxi_file(
                 with h5py.File(tmp_path, "w-", **(align if direct else {})) as f:
                     created = True
                     offsets = _write_contents(f, events, (ss, fs), fill_frame, filters, direct)
+                    if pairs is not None:
+                        f.create_dataset(DELIVERY_PATH, data=pairs)
                     f.attrs["cxi_async_version"] = cxi_async.__version__
                     f.attrs["creation_time"] = datetime.now(timezone.utc).isoformat(
                         timespec="seconds"
