@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import math
@@ -534,7 +535,7 @@ async def run_repeat(args: argparse.Namespace, repeat: int, sampler: Sampler, fs
             final = await pipeline.wait()
             sampler.mark(f"t1_{repeat}")
             result["producer"] = pipeline.replay_result
-        result["file_times"] = _file_times(final.get("files_written", []))
+        result["file_times"] = _file_times(Path(final["output_dir"]))
     finally:
         if producer is not None:
             ray.kill(producer)
@@ -549,12 +550,18 @@ async def run_repeat(args: argparse.Namespace, repeat: int, sampler: Sampler, fs
     return summarize_repeat(config, result, final, window, before[-1] if before else None)
 
 
-def _file_times(files: list[dict]) -> list[tuple[float, int]]:
-    """(mtime, events) of each written file, in order: the writer's output timeline."""
+def _file_times(output_dir: Path) -> list[tuple[float, int]]:
+    """(mtime, events) of each written file, in order: the writer's output timeline, from the
+    run's catalog (files.lst, and events.lst for the events of each)."""
+    events = collections.Counter(
+        line.rsplit(" //", 1)[0]
+        for line in (output_dir / "events.lst").read_text().splitlines()
+        if line.strip()
+    )
     out = []
-    for f in files:
+    for path in (output_dir / "files.lst").read_text().splitlines():
         with contextlib.suppress(OSError):
-            out.append((os.stat(f["path"]).st_mtime, int(f["events"])))
+            out.append((os.stat(path).st_mtime, events[path]))
     return sorted(out)
 
 

@@ -1,14 +1,14 @@
-"""Coordinator actor: owns all routing and all recovery, and nothing else.
+"""Coordinator actor: the shell that owns the pipeline's state and its lifecycle.
 
     Q2 ──ref──▶ coordinator ──Delivery──▶ finder ──Found | Rejected | Unread──▶ coordinator
                 coordinator ──Found──▶ least-loaded writer ──FileDone──▶ coordinator
 
-It takes from Q2 while it holds credits (`Intake`), sends each item's ref to a free finder
-(`FinderSlots`), submits each `Found` to the writer holding the fewest unfiled events (the
-writer's bounded inbox is the backpressure), and records every fact in its `Ledger`, the
-only record of what is where. A dead finder's delivery is sent again; a dead writer's
-unfiled events, per the ledger, go to its replacement (`Crew`). Files are listed and stats
-published by the `Publisher`. Everything runs in one anyio task group for the actor's life.
+Its units, one concern each: `Intake` takes from Q2 while credits are free; `Router` sends
+each item's ref to a free finder (`FinderSlots`) and each `Found` to the writer with the
+fewest unfiled events; `Supervisor` asks every actor for its stats once a second and replaces
+the dead (`Crew`); `Publisher` lists files and publishes stats. Every fact goes into the
+`Ledger`, the only record of what is where. All of it runs in one anyio task group for the
+actor's life.
 
 A detached named actor: it outlives the driver that started it, stops by its own rules
 (idle timeout, max batches, replay drained) and writes its report without one.
@@ -24,27 +24,26 @@ import uuid
 from typing import Any
 
 import anyio
-import msgspec
 import ray
 
 from cxi_async.actors.autoscaler import Autoscaler
-from cxi_async.actors.common import Wakeup, is_actor_death, setup_actor_logging
+from cxi_async.actors.common import Wakeup, setup_actor_logging
 from cxi_async.actors.crew import Crew
 from cxi_async.actors.finder_slots import FinderSlots
 from cxi_async.actors.intake import Intake
 from cxi_async.actors.publishing import Publisher, written_files
+from cxi_async.actors.routing import Router
 from cxi_async.actors.supervision import Supervisor
 from cxi_async.config import Config
 from cxi_async.core.autoscale import PoolPolicy, credits_shortfall
 from cxi_async.core.errors import one_line
 from cxi_async.core.finding import load_slab_layout
 from cxi_async.core.idle import IdleWatch
-from cxi_async.core.ledger import Ledger, LedgerError
-from cxi_async.core.messages import Delivery, FileDone, FinderResult, Found, Rejected
+from cxi_async.core.ledger import Ledger
+from cxi_async.core.messages import FileDone
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 3  # a batch that kills this many finders is rejected
 LINGER_S = 30.0  # a stopped coordinator exits this long after its stop
 
 
@@ -69,6 +68,7 @@ class Coordinator:
         )
         self.publisher = Publisher(config, output_dir, run_label, self.started_mono)
         self.supervisor = Supervisor(self)
+        self.router = Router(self)
         self.intake: Intake | None = None
         self.crew: Crew | None = None
         self.slots: FinderSlots | None = None
@@ -228,98 +228,10 @@ class Coordinator:
 
     # ------------------------------------------------------------------ routing
 
-    async def carry(self, delivery: Delivery) -> None:
-        """One delivery from its finder to its writer; never raises (the group would stop)."""
-        delivery_id = delivery.delivery_id
-        try:
-            result = await self._find(delivery)
-            del delivery  # the item's ref: the logits may leave the object store
-            self.publisher.say_once(getattr(result, "notices", []))
-            if isinstance(result, Found):
-                self.publisher.metrics.observe_find(result.find_seconds)
-                if self.autoscaler is not None:
-                    self.autoscaler.note_batch(result.num_events)
-                kept = [e.event_index for e in result.kept]
-                args = (result.num_events, result.filtered, result.truncated_peaks)
-                if not self.ledger.found(delivery_id, result, kept, *args):
-                    await self.file(delivery_id)
-            elif isinstance(result, Rejected):
-                self.ledger.rejected(delivery_id, result.num_events, result.reason, result.batch_id)
-            else:
-                self.ledger.unread(delivery_id)
-        except LedgerError:
-            if not self.stopping:  # after stop() the delivery was abandoned: nothing to say
-                log.exception("delivery %d: the books contradict a fact", delivery_id)
-        except Exception as exc:
-            log.exception("delivery %d: unexpected error", delivery_id)
-            reason = "coordinator error: " + one_line(exc, named=True)
-            self.ledger.rejected(delivery_id, 0, reason, "")
-        self.credit_maybe_freed()
-
-    async def _find(self, delivery: Delivery) -> FinderResult:
-        """Send the delivery to free finders until one answers; a dead finder is replaced."""
-        assert self.slots is not None and self.crew is not None
-        delivery_id = delivery.delivery_id
-        while True:
-            attempts = self.ledger.dispatched(delivery_id)
-            index = await self.slots.acquire()
-            finder = self.crew.finders[index]
-            try:
-                return await finder.find.remote(delivery)
-            except Exception as exc:
-                if not is_actor_death(exc):
-                    reason = "finder error: " + one_line(exc, "last", named=True)
-                    return Rejected(delivery_id, f"delivery {delivery_id}", 0, reason)
-                self.supervisor.finder_died(index, finder)
-                if attempts >= MAX_ATTEMPTS:
-                    reason = f"the batch was being processed when {attempts} finders died"
-                    return Rejected(delivery_id, f"delivery {delivery_id}", 0, reason)
-                log.warning(
-                    "finder %d died holding delivery %d; sending it again", index, delivery_id
-                )
-            finally:
-                self.slots.release(index)
-
-    async def file(self, delivery_id: int) -> None:
-        """Submit the delivery's unfiled events to the least-loaded writer. If that writer
-        dies, the health check hands them to its replacement (the ledger says what)."""
-        assert self.crew is not None
-        entry = self.ledger.entries.get(delivery_id)
-        if entry is None or entry.found is None:
-            return
-        found: Found = entry.found
-        if len(entry.unfiled) < len(found.kept):  # part of it is in a renamed file already
-            kept = [e for e in found.kept if e.event_index in entry.unfiled]
-            found = msgspec.structs.replace(found, kept=kept, filtered=0)
-        loads = self.ledger.writer_loads(len(self.crew.writers))
-        index = loads.index(min(loads))
-        self.ledger.submitted(delivery_id, index)
-        try:
-            refusal = await self.crew.writers[index].submit.remote(found)
-        except Exception as exc:
-            if is_actor_death(exc):
-                return
-            refusal = "writer error: " + one_line(exc, "last", named=True)
-            log.error("delivery %d: %s", delivery_id, refusal)
-        if refusal is not None:
-            self.ledger.refused(delivery_id, refusal)
-            self.credit_maybe_freed()
-
     async def file_done(self, done: FileDone) -> None:
         """A writer renamed a file: its events are written; list the file."""
         if self.supervisor.first_report(done.path):  # else found on disk, and listed then
-            await self.list_file(done)
-
-    async def list_file(self, done: FileDone) -> None:
-        """A renamed file's events are written (reported, or found on disk): list it."""
-        listing = self.supervisor.listing
-        listing.add(done.path)  # not listed yet in the catalog: a disk search skips it
-        try:
-            self.ledger.filed(done.events)
-            self.credit_maybe_freed()
-            await self.publisher.file_done(done)
-        finally:
-            listing.discard(done.path)
+            await self.router.list_file(done)
 
     def _on_done(self, latency: float, rejected: bool) -> None:
         self.publisher.metrics.observe_latency(latency)

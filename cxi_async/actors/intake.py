@@ -61,7 +61,7 @@ class Intake:
                     continue
                 delivery_id = c.ledger.take(shard)  # no await from here to start_soon
                 c.idle.taken()
-                c.group.start_soon(c.carry, Delivery(delivery_id, [self.get(shard)], shard))
+                c.group.start_soon(c.router.carry, Delivery(delivery_id, [self.get(shard)], shard))
                 if limit is not None and c.ledger.batches_taken >= limit:
                     c.stop_later(f"took stop.max_batches = {limit} batches")
 

@@ -63,7 +63,7 @@ class Supervisor:
                 lost = c.ledger.writer_lost(index)  # before the new one can be given any
                 c.crew.replace_writer(index)
                 for delivery_id in lost:
-                    c.group.start_soon(c.file, delivery_id)
+                    c.group.start_soon(c.router.file, delivery_id)
         for (index, handle), reply in zip(finders, finder_stats, strict=True):
             if reply.get("gone") and not (c.stopping and not c.ledger.in_flight):
                 self.finder_died(index, handle)
@@ -99,7 +99,7 @@ class Supervisor:
                     "its %d events are not written again",
                     *(index, path, len(pairs)),
                 )
-                await c.list_file(FileDone(index, str(path), pairs))
+                await c.router.list_file(FileDone(index, str(path), pairs))
         except OSError as exc:  # the directory is away: its events are written again
             log.warning("could not look for writer %d's unreported files: %s", index, exc)
         finally:
