@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -115,7 +116,7 @@ def main() -> None:
     ray.shutdown()
     print(
         f"Found with {args.events} kept events x {args.peaks} peaks "
-        f"({len(pickle_size(found))} bytes pickled)"
+        f"({len(pickle.dumps(found, protocol=5))} bytes pickled)"
     )
     print(
         f"  ray.put + ray.get: blob {out['serialise_blob_us']:.0f} us, "
@@ -127,12 +128,6 @@ def main() -> None:
         print(f"  caller CPU per awaited call, {name:6s}: {runs} us")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
-
-
-def pickle_size(found: Found) -> bytes:
-    import pickle
-
-    return pickle.dumps(found, protocol=5)
 
 
 if __name__ == "__main__":

@@ -12,32 +12,16 @@ import pytest
 
 from cxi_async.core import cxi, recovery
 from cxi_async.core.ledger import Ledger
-from cxi_async.core.messages import EventPeaks
+from tests.test_assembly import event
 
 RUN = "3f2a-this-run"
 PREFIX = "peaknet"
 
 
-def _event(index: int) -> EventPeaks:
-    n = 2
-    return EventPeaks(
-        event_index=index,
-        fs=np.arange(n, dtype=np.float32),
-        ss=np.arange(n, dtype=np.float32),
-        total_intensity=np.ones(n, np.float32),
-        npix=np.ones(n, np.int32),
-        max_value=np.ones(n, np.float32),
-        panel=np.zeros(n, np.int16),
-        photon_energy_ev=9500.0,
-        timestamp=1,
-        batch_id="b",
-    )
-
-
 def _write(
     directory: Path, seq: int, pairs: list[tuple[int, int]], run_id: str | None = RUN
 ) -> Path:
-    events = cxi.CxiEvents.pack([_event(e) for _, e in pairs], max_num_peak=4)
+    events = cxi.CxiEvents.pack([event(e) for _, e in pairs], max_num_peak=4)
     attrs = {} if run_id is None else {cxi.RUN_ID_ATTR: run_id}
     deliveries = None if run_id is None else pairs  # None: a file of an older writer
     path = directory / cxi.cxi_file_name(PREFIX, "r1", seq)
@@ -58,7 +42,7 @@ def test_a_file_records_its_pairs_and_run(tmp_path: Path) -> None:
 
 
 def test_deliveries_that_do_not_match_the_events_touch_no_disk(tmp_path: Path) -> None:
-    events = cxi.CxiEvents.pack([_event(0), _event(1)], max_num_peak=4)
+    events = cxi.CxiEvents.pack([event(0), event(1)], max_num_peak=4)
     path = tmp_path / cxi.cxi_file_name(PREFIX, "r1", 0)
     with pytest.raises(ValueError, match="1 deliveries for 2 events"):
         cxi.write_cxi_file(path, events, (8, 8), None, fsync=False, deliveries=[(0, 0)])
