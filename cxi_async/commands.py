@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -443,12 +444,28 @@ def stop(config: Config) -> int:
                     f"the cxi_async coordinator of Q2 '{config.queue.name}' died while stopping; "
                     "what it renamed is listed, what was in flight is still in no file"
                 ) from None
-            ray.kill(coordinator)
+            ray.get(coordinator.release.remote())  # it exits once no follower waits
+            _wait_until_gone(config)
     except PipelineNotReachable as exc:
         _error(str(exc))
         return EXIT_FAILED
     print(format_summary(final))
     return EXIT_OK
+
+
+def _wait_until_gone(config: Config, timeout_s: float = 10.0) -> None:
+    """Until the released coordinator has exited and its name is free for the next run."""
+    import ray
+
+    from cxi_async.pipeline import coordinator_name
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(coordinator_name(config), namespace=config.ray.namespace)
+        except ValueError:
+            return
+        time.sleep(0.1)
 
 
 def health(config: Config, *, stall_s: float = DEFAULT_STALL_S) -> int:

@@ -151,7 +151,6 @@ class Pipeline:
         if final is not None:  # it stopped and no driver saw it: show that end, free the name
             pipeline = cls(config, running, Path(final["output_dir"]), attached=True)
             await pipeline._cleanup(final)
-            await _name_freed(config)
             return pipeline
         if running is not None:
             if not attach:
@@ -235,10 +234,12 @@ class Pipeline:
         return await self._cleanup(final)
 
     async def _cleanup(self, final: dict) -> dict:
-        """Keep the final stats, then kill the coordinator (it may have exited already)."""
+        """Keep the final stats, then release the coordinator and wait until it has exited
+        (once no other caller still waits for them), so its name is free on return."""
         self.final = final
         with contextlib.suppress(Exception):
-            ray.kill(self.coordinator)
+            await self.coordinator.release.remote()
+        await _name_freed(self.config)
         return final
 
     async def __aenter__(self) -> Pipeline:
@@ -272,13 +273,13 @@ async def _running_coordinator(
     if final and keep_stopped:
         return coordinator, final
     with contextlib.suppress(Exception):
-        ray.kill(coordinator)
+        await coordinator.release.remote()
     await _name_freed(config)
     return None, None
 
 
 async def _name_freed(config: Config) -> None:
-    """Ray frees a killed actor's name shortly after the kill."""
+    """Ray frees a released coordinator's name once it has exited."""
     for _ in range(100):
         try:
             ray.get_actor(coordinator_name(config), namespace=config.ray.namespace)

@@ -44,7 +44,8 @@ from cxi_async.core.messages import FileDone
 
 log = logging.getLogger(__name__)
 
-LINGER_S = 30.0  # a stopped coordinator exits this long after its stop
+LINGER_S = 30.0  # a stopped coordinator nobody released exits this long after its stop
+REPLY_GRACE_S = 0.2  # after the last wait for the final stats returned: its reply leaves
 
 
 class Coordinator:
@@ -78,10 +79,13 @@ class Coordinator:
         self.intake_scope: anyio.CancelScope | None = None
         self.credit_freed = Wakeup()
         self.finished: anyio.Event | None = None
+        self.released = anyio.Event()  # a caller has the final stats and wants the name free
+        self.waiting = 0  # calls waiting for the final stats now (drivers, `stop`, followers)
         self.stopping = False
         self.shutting_down = False
         self.stop_reason: str | None = None
         self.final: dict | None = None
+        self.stopped_mono = 0.0
         self.producer: Any = None  # the replay producer, owned here: it outlives the driver
         self.replay_report: Any = None
 
@@ -116,8 +120,9 @@ class Coordinator:
         return {"num_shards": len(self.intake.shards), "output_dir": self.output_dir}
 
     async def _live(self, ready: anyio.Event) -> None:
-        """The actor's life: intake, health and every delivery in one task group; after the
-        stop, linger so followers can read the final stats, then free the name."""
+        """The actor's life: intake, health and every delivery in one task group. After the
+        stop it lingers so followers can read the final stats, and frees the name once it is
+        released and no call still waits for them (or after LINGER_S)."""
         async with anyio.create_task_group() as group:
             self.group = group
             group.start_soon(self.intake.take_while_credits, self)
@@ -126,8 +131,12 @@ class Coordinator:
             assert self.finished is not None
             await self.finished.wait()
             group.cancel_scope.cancel()
-        await anyio.sleep(LINGER_S)
-        log.info("exiting %.0f s after the stop", LINGER_S)
+        with anyio.move_on_after(LINGER_S):
+            await self.released.wait()
+            while self.waiting:
+                await anyio.sleep(0.05)
+        await anyio.sleep(REPLY_GRACE_S)
+        log.info("exiting %.0f s after the stop", time.monotonic() - self.stopped_mono)
         ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     async def start_replay(self, num_shards: int) -> None:
@@ -204,14 +213,24 @@ class Coordinator:
             ray.kill(self.producer)
         log.info("stopped (%s)", self.stop_reason)
         assert self.finished is not None
+        self.stopped_mono = time.monotonic()
         self.finished.set()
 
     async def wait_finished(self) -> dict:
         """The final stats once the pipeline has stopped by itself or was stopped."""
         assert self.finished is not None
-        await self.finished.wait()
+        self.waiting += 1
+        try:
+            await self.finished.wait()
+        finally:
+            self.waiting -= 1
         assert self.final is not None
         return self.final
+
+    async def release(self) -> None:
+        """The caller has the final stats: exit (freeing the name) as soon as no other call
+        still waits for them. Killing it from outside could cut another caller's reply."""
+        self.released.set()
 
     async def finished_stats(self) -> dict | None:
         """The final stats once stopped, else None (a second driver attaches or replaces)."""
