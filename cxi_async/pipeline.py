@@ -255,9 +255,9 @@ async def _running_coordinator(
 ) -> tuple[Any, dict | None]:
     """(the coordinator of this queue and namespace, or None; its final stats if it stopped).
 
-    A stopped one is only waiting to exit: no driver saw its end (drivers kill the one they
-    follow). With ``keep_stopped`` it is returned with its final stats for a follower to show;
-    otherwise it is killed, so its name is free for a new run.
+    A stopped one is only waiting to exit: no driver saw its end (drivers release the one
+    they follow). With ``keep_stopped`` it is returned with its final stats for a follower to
+    show; otherwise it is released, and its name is free for a new run on return.
     """
     name = coordinator_name(config)
     try:
